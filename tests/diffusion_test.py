@@ -1,0 +1,143 @@
+"""Per-frame Gaussian diffusion: schedules, q_sample, parameterizations, loss, DDIM."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiff import diffusion
+
+
+def test_linear_betas_are_the_ldm_schedule():
+  betas = diffusion.make_betas("linear", 1000)
+  assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(2e-2)
+  np.testing.assert_allclose(np.sqrt(betas), np.linspace(0.01, np.sqrt(0.02), 1000), rtol=1e-12)
+  sched = diffusion.make_schedule("linear", 1000)
+  ref = np.cumprod(1.0 - betas)
+  np.testing.assert_allclose(np.asarray(sched.alphas_cumprod), ref, rtol=1e-6)
+  assert ref[-1] < 1e-3  # the last step is nearly pure noise
+
+
+def test_cosine_betas():
+  betas = diffusion.make_betas("cosine", 1000)
+  assert np.all((betas > 0) & (betas <= 0.999))
+  ac = np.cumprod(1 - betas)
+  assert np.all(np.diff(ac) < 0) and ac[0] > 0.999
+  with pytest.raises(ValueError, match="beta_schedule"):
+    diffusion.make_betas("quadratic", 10)
+
+
+def test_q_sample_moments_per_frame():
+  sched = diffusion.make_schedule("linear", 1000)
+  b, f, l, c = 2, 3, 256, 64
+  t = jnp.array([[0, 500, 999], [10, 10, 900]], jnp.int32)
+  x0 = jnp.full((b, f, l, c), 0.7)
+  noise = jax.random.normal(jax.random.key(0), (b, f, l, c))
+  xt = diffusion.q_sample(sched, x0, t, noise)
+  ac = np.asarray(sched.alphas_cumprod)[np.asarray(t)]  # [B, F]
+  mean = np.asarray(xt.mean(axis=(2, 3)))
+  std = np.asarray(xt.std(axis=(2, 3)))
+  np.testing.assert_allclose(mean, 0.7 * np.sqrt(ac), atol=0.01)
+  np.testing.assert_allclose(std, np.sqrt(1 - ac), rtol=0.02, atol=1e-3)
+
+
+@pytest.mark.parametrize("param", diffusion.PARAMETERIZATIONS)
+def test_parameterizations_round_trip(param):
+  sched = diffusion.make_schedule("cosine", 1000)
+  k1, k2 = jax.random.split(jax.random.key(1))
+  x0 = jax.random.normal(k1, (2, 4, 8, 3))
+  noise = jax.random.normal(k2, x0.shape)
+  t = jnp.array([[0, 1, 400, 998], [999, 300, 5, 700]], jnp.int32)
+  xt = diffusion.q_sample(sched, x0, t, noise)
+  out = diffusion.target(sched, param, x0, noise, t)
+  x0_hat, eps_hat = diffusion.to_x0_eps(sched, param, xt, t, out)
+  # Recovering the other quantity divides by sqrt(alpha_bar) or sqrt(1 - alpha_bar): tolerance
+  # grows where that is small, so compare in the well-conditioned direction as well.
+  np.testing.assert_allclose(
+      np.asarray(diffusion.q_sample(sched, x0_hat, t, eps_hat)), np.asarray(xt), atol=1e-4
+  )
+  if param == "x0":
+    np.testing.assert_allclose(np.asarray(x0_hat), np.asarray(x0), atol=1e-6)
+  if param == "eps":
+    np.testing.assert_allclose(np.asarray(eps_hat), np.asarray(noise), atol=1e-6)
+  if param == "v":
+    np.testing.assert_allclose(np.asarray(x0_hat), np.asarray(x0), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(eps_hat), np.asarray(noise), atol=1e-4)
+
+
+def test_v_target_float64_reference():
+  sched = diffusion.make_schedule("linear", 1000)
+  ac = np.cumprod(1 - diffusion.make_betas("linear", 1000))
+  x0, noise = np.array(0.3), np.array(-1.2)
+  t = jnp.array([[123]])
+  v = diffusion.target(sched, "v", jnp.full((1, 1, 1, 1), x0), jnp.full((1, 1, 1, 1), noise), t)
+  expect = np.sqrt(ac[123]) * noise - np.sqrt(1 - ac[123]) * x0
+  assert float(v.squeeze()) == pytest.approx(expect, rel=1e-5)
+
+
+def test_loss_per_frame_and_weights():
+  out = jnp.zeros((2, 3, 4, 5))
+  tgt = jnp.broadcast_to(jnp.arange(3.0)[None, :, None, None], out.shape)
+  t = jnp.array([[0, 1, 2], [2, 1, 0]])
+  loss, by_frame = diffusion.loss_and_metrics(out, tgt, t)
+  np.testing.assert_allclose(np.asarray(by_frame), [0.0, 1.0, 4.0])
+  assert float(loss) == pytest.approx(5.0 / 3.0)
+  weights = jnp.array([1.0, 10.0, 100.0])
+  per = diffusion.frame_losses(out, tgt, t, weights)
+  np.testing.assert_allclose(np.asarray(per), [[0.0, 10.0, 400.0], [0.0, 10.0, 4.0]])
+
+
+def test_min_snr_weights():
+  sched = diffusion.make_schedule("linear", 1000)
+  snr = np.asarray(sched.alphas_cumprod / (1 - sched.alphas_cumprod))
+  w = np.asarray(diffusion.timestep_weights(sched, "min_snr", "eps", 5.0))
+  np.testing.assert_allclose(w, np.minimum(snr, 5.0) / snr, rtol=1e-5)
+  assert np.all(np.asarray(diffusion.timestep_weights(sched, "none", "x0")) == 1)
+
+
+def test_ddim_timesteps():
+  ts = diffusion.ddim_timesteps(1000, 50)
+  assert ts[0] == 999 and ts[-1] == -1 and len(ts) == 51
+  assert np.all(np.diff(ts) == -20)
+  np.testing.assert_array_equal(diffusion.ddim_timesteps(10, 10), [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, -1])
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_with_oracle_lands_on_x0(eta):
+  """A model that always returns the true x0 drives every frame onto it, whatever its path."""
+  sched = diffusion.make_schedule("linear", 1000)
+  k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
+  x0 = jax.random.uniform(k1, (2, 3, 16, 4), minval=-1, maxval=1)
+  grid = jnp.asarray(diffusion.ddim_timesteps(1000, 10))
+  # Frames at different points of their schedule in one batch (an AR-style lag of 3 steps).
+  lag = jnp.array([[0, 3, 6], [0, 0, 9]])
+  k = jnp.zeros((2, 3), jnp.int32)  # steps completed
+  x = jax.random.normal(k2, x0.shape)
+  for i in range(20):
+    target_k = jnp.clip(i + 1 - lag, 0, 10)
+    t, t_next = grid[k], grid[target_k]
+    x0_hat, eps_hat = diffusion.to_x0_eps(sched, "x0", x, t, x0)
+    noise = jax.random.normal(jax.random.fold_in(k3, i), x.shape)
+    before = x
+    x = diffusion.ddim_step(sched, x, t, t_next, x0_hat, eps_hat, noise, eta)
+    # Frames whose timestep does not change come back bit-identical.
+    same = np.asarray(t == t_next)
+    np.testing.assert_array_equal(np.asarray(x)[same], np.asarray(before)[same])
+    k = target_k
+  assert np.all(np.asarray(k) == 10)
+  np.testing.assert_allclose(np.asarray(x), np.asarray(x0), atol=1e-5)
+
+
+def test_ddim_step_matches_float64_formula():
+  sched = diffusion.make_schedule("linear", 1000)
+  ac = np.cumprod(1 - diffusion.make_betas("linear", 1000))
+  xt, x0, eps, noise = 0.4, -0.2, 1.1, 0.5
+  t, t_next, eta = 600, 400, 0.5
+  a, an = ac[t], ac[t_next]
+  sigma = eta * np.sqrt((1 - an) / (1 - a) * (1 - a / an))
+  expect = np.sqrt(an) * x0 + np.sqrt(1 - an - sigma**2) * eps + sigma * noise
+  arr = lambda v: jnp.full((1, 1, 1, 1), v)
+  got = diffusion.ddim_step(
+      sched, arr(xt), jnp.array([[t]]), jnp.array([[t_next]]), arr(x0), arr(eps), arr(noise), eta
+  )
+  assert float(got.squeeze()) == pytest.approx(expect, rel=1e-5)

@@ -1,0 +1,220 @@
+"""Training timestep samplers against enumeration, and the AD schedule against its recurrence."""
+
+import itertools
+import math
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from ardiff import timesteps
+
+
+def nondecreasing_sequences(num_frames, num_timesteps):
+  return list(itertools.combinations_with_replacement(range(num_timesteps), num_frames))
+
+
+def exact_fopp_probabilities(num_frames, num_timesteps):
+  """P(sequence) under FoPP's construction, with path counts found by brute-force enumeration."""
+  seqs = nondecreasing_sequences(num_frames, num_timesteps)
+
+  def ending(f, t):  # non-decreasing t_0..t_f with t_f = t
+    return sum(1 for s in nondecreasing_sequences(f + 1, num_timesteps) if s[-1] == t)
+
+  def starting(f, t):  # non-decreasing t_f..t_{F-1} with t_f = t
+    return sum(1 for s in nondecreasing_sequences(num_frames - f, num_timesteps) if s[0] == t)
+
+  probs = {}
+  for seq in seqs:
+    total = Fraction(0)
+    for pivot in range(num_frames):
+      p = Fraction(1, num_frames * num_timesteps)
+      for f in range(pivot - 1, -1, -1):
+        norm = sum(ending(f, u) for u in range(seq[f + 1] + 1))
+        p *= Fraction(ending(f, seq[f]), norm)
+      for f in range(pivot + 1, num_frames):
+        norm = sum(starting(f, u) for u in range(seq[f - 1], num_timesteps))
+        p *= Fraction(starting(f, seq[f]), norm)
+      total += p
+    probs[seq] = total
+  return probs
+
+
+def draw_counts(kind, num_frames, num_timesteps, n, seed=0):
+  t = jax.jit(timesteps.sample_train_timesteps, static_argnums=(1, 2, 3, 4))(
+      jax.random.key(seed), kind, n, num_frames, num_timesteps
+  )
+  t = np.asarray(t)
+  assert np.all(np.diff(t, axis=1) >= 0)
+  seqs, counts = np.unique(t, axis=0, return_counts=True)
+  return {tuple(int(v) for v in s): c for s, c in zip(seqs, counts)}
+
+
+def chi_square_pvalue(observed: dict, expected_probs: dict, n: int) -> float:
+  assert set(observed) <= set(expected_probs), "drew a sequence outside the support"
+  keys = sorted(expected_probs)
+  obs = np.array([observed.get(k, 0) for k in keys], np.float64)
+  exp = np.array([float(expected_probs[k]) * n for k in keys])
+  return stats.chisquare(obs, exp).pvalue
+
+
+def test_path_counts_are_binomials():
+  # E[t, f] = C(t + f, f) and S[t, f] = C(T - 1 - t + F - 1 - f, F - 1 - f): exact integers.
+  num_timesteps, num_frames = 1000, 128
+  log_e, log_s = timesteps.path_log_counts(num_timesteps, num_frames)
+  for t, f in [(0, 0), (999, 0), (5, 3), (999, 15), (500, 64), (999, 127), (0, 127), (321, 100)]:
+    e = math.comb(t + f, f)
+    s = math.comb(num_timesteps - 1 - t + num_frames - 1 - f, num_frames - 1 - f)
+    assert log_e[t, f] == pytest.approx(math.log(e), rel=1e-9, abs=1e-9)
+    assert log_s[t, f] == pytest.approx(math.log(s), rel=1e-9, abs=1e-9)
+  # All non-decreasing sequences of 128 frames: C(T + F - 1, F), about 1e172 (float32 ends at
+  # 3e38): the log tables must hold it.
+  total = np.logaddexp.reduce(log_s[:, 0])
+  assert total == pytest.approx(math.log(math.comb(num_timesteps + num_frames - 1, num_frames)))
+  assert total > math.log(1e170)
+
+
+@pytest.mark.parametrize("kind", timesteps.TRAIN_SAMPLERS)
+def test_shapes_dtypes_ranges(kind):
+  t = timesteps.sample_train_timesteps(jax.random.key(1), kind, 64, 7, 50)
+  assert t.shape == (64, 7) and t.dtype == jnp.int32
+  assert int(t.min()) >= 0 and int(t.max()) < 50
+  if kind == "full_sequence":
+    assert np.all(np.asarray(t) == np.asarray(t)[:, :1])
+  if kind == "diffusion_forcing":  # independent frames: some sequences decrease
+    assert np.any(np.diff(np.asarray(t), axis=1) < 0)
+
+
+@pytest.mark.parametrize("kind", ["autoregressive", "fopp"])
+def test_nondecreasing_over_many_draws(kind):
+  t = jax.jit(timesteps.sample_train_timesteps, static_argnums=(1, 2, 3, 4))(
+      jax.random.key(2), kind, 100_000, 16, 200
+  )
+  t = np.asarray(t)
+  assert np.all(np.diff(t, axis=1) >= 0)
+  assert t.min() >= 0 and t.max() <= 199
+  assert len(np.unique(t)) > 190  # the draws cover the whole range
+
+
+def test_autoregressive_is_uniform_over_nondecreasing_sequences():
+  num_frames, num_timesteps, n = 3, 6, 60_000
+  seqs = nondecreasing_sequences(num_frames, num_timesteps)
+  uniform = {s: Fraction(1, len(seqs)) for s in seqs}
+  observed = draw_counts("autoregressive", num_frames, num_timesteps, n)
+  assert chi_square_pvalue(observed, uniform, n) > 1e-3
+
+
+def test_fopp_matches_its_construction():
+  num_frames, num_timesteps, n = 3, 6, 60_000
+  exact = exact_fopp_probabilities(num_frames, num_timesteps)
+  assert sum(exact.values()) == 1
+  observed = draw_counts("fopp", num_frames, num_timesteps, n, seed=3)
+  assert chi_square_pvalue(observed, exact, n) > 1e-3
+  # FoPP is not the uniform distribution: a test that cannot tell them apart proves nothing.
+  uniform = {s: Fraction(1, len(exact)) for s in exact}
+  assert chi_square_pvalue(observed, uniform, n) < 1e-6
+
+
+def test_fopp_four_frames_matches_construction():
+  num_frames, num_timesteps, n = 4, 4, 60_000
+  exact = exact_fopp_probabilities(num_frames, num_timesteps)
+  observed = draw_counts("fopp", num_frames, num_timesteps, n, seed=4)
+  assert chi_square_pvalue(observed, exact, n) > 1e-3
+
+
+def test_fopp_jit_large_batch_and_long_clips():
+  sample = jax.jit(timesteps.sample_train_timesteps, static_argnums=(1, 2, 3, 4))
+  t = np.asarray(sample(jax.random.key(5), "fopp", 4096, 16, 1000))
+  assert t.shape == (4096, 16) and t.min() >= 0 and t.max() <= 999
+  assert np.all(np.diff(t, axis=1) >= 0)
+  # The chosen frame's t is uniform over [0, T): the overall mean sits near the middle.
+  assert abs(t.mean() - 499.5) < 40
+  t = np.asarray(sample(jax.random.key(6), "fopp", 64, 128, 1000))
+  assert t.shape == (64, 128) and t.min() >= 0 and t.max() <= 999
+  assert np.all(np.diff(t, axis=1) >= 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# AD schedule.
+
+
+def direct_recurrence(num_frames, ar_step, num_steps):
+  """The paper's recurrence written out plainly, including the all-zero first row."""
+  rows = [[0] * num_frames]
+  while any(v != num_steps for v in rows[-1]):
+    prev, new = rows[-1], []
+    for i in range(num_frames):
+      if i == 0:
+        v = prev[0] + 1
+      elif prev[i - 1] == num_steps:
+        v = prev[i] + 1
+      else:
+        v = new[i - 1] - ar_step
+      new.append(v)
+    rows.append([min(max(v, 0), num_steps) for v in new])
+  return np.array(rows[1:])
+
+
+@pytest.mark.parametrize("num_steps", [1, 3, 7, 10])
+@pytest.mark.parametrize("num_frames", [1, 2, 5, 8])
+def test_ad_schedule_is_the_paper_recurrence(num_frames, num_steps):
+  for window in {num_frames, num_frames + 3}:
+    for ar_step in range(num_steps + 1):
+      sched = timesteps.ad_schedule(num_frames, window, ar_step, num_steps)
+      np.testing.assert_array_equal(sched.steps, direct_recurrence(num_frames, ar_step, num_steps))
+      assert sched.num_calls == num_steps + (num_frames - 1) * ar_step
+      assert np.all(sched.window_start == 0)
+
+
+def test_ad_schedule_extremes():
+  sync = timesteps.ad_schedule(4, 4, 0, 5)
+  np.testing.assert_array_equal(sync.steps, np.repeat(np.arange(1, 6)[:, None], 4, axis=1))
+  one_by_one = timesteps.ad_schedule(3, 3, 5, 5)
+  assert one_by_one.num_calls == 15
+  assert np.all(one_by_one.updates.sum(axis=1) == 1)
+
+
+def check_long_video_rules(sched, num_frames, window, num_steps):
+  steps, starts, updates = sched.steps, sched.window_start, sched.updates
+  assert steps.min() >= 0 and steps.max() <= num_steps
+  assert np.all(steps[-1] == num_steps), "a frame was left unfinished"
+  assert np.all(np.diff(steps, axis=1) <= 0), "a row increases along the frames"
+  assert np.all(np.diff(sched.previous.astype(int) - 0, axis=0) >= 0)
+  assert np.all((steps - sched.previous >= 0) & (steps - sched.previous <= 1))
+  assert np.all(updates.any(axis=1)), "a call updates nothing"
+  assert np.all(np.diff(starts) >= 0), "the window moved back"
+  assert np.all((starts >= 0) & (starts + window <= num_frames))
+  for r in range(sched.num_calls):
+    frames = np.nonzero(updates[r])[0]
+    assert frames.min() >= starts[r] and frames.max() < starts[r] + window
+    assert np.all(sched.previous[r, : starts[r]] == num_steps), "a frame before the window is unfinished"
+
+
+@pytest.mark.parametrize(
+    "num_frames,window,num_steps", [(12, 4, 10), (48, 16, 50), (7, 3, 4), (33, 8, 9)]
+)
+def test_ad_schedule_long_videos_keep_the_rules(num_frames, window, num_steps):
+  for ar_step in range(num_steps + 1):
+    sched = timesteps.ad_schedule(num_frames, window, ar_step, num_steps)
+    check_long_video_rules(sched, num_frames, window, num_steps)
+
+
+def test_ad_schedule_long_video_follows_reference_where_it_fits():
+  # ar_step * window >= num_steps: the reference's sliding window is valid, so the rows are the
+  # plain recurrence over all frames.
+  for num_frames, window, ar_step, num_steps in [(48, 16, 4, 50), (20, 5, 2, 10), (9, 3, 3, 9)]:
+    sched = timesteps.ad_schedule(num_frames, window, ar_step, num_steps)
+    np.testing.assert_array_equal(sched.steps, direct_recurrence(num_frames, ar_step, num_steps))
+
+
+def test_ad_schedule_long_video_keeps_context():
+  # Synchronous (ar_step = 0) long video: each new chunk sees finished frames of the last one.
+  sched = timesteps.ad_schedule(12, 4, 0, 5)
+  for r in range(sched.num_calls):
+    frames = np.nonzero(sched.updates[r])[0]
+    if frames.min() > 0:
+      finished_in_view = np.arange(sched.window_start[r], frames.min())
+      assert len(finished_in_view) >= 2
