@@ -51,7 +51,7 @@ def get_default_config() -> mc.ConfigDict:
 
   c.data = mc.ConfigDict()
   c.data.name = "moving_digits"
-  c.data.data_dir = mc.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.data.data_dir = mc.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.data.resolution = resolution
   c.data.patch_size = patch_size
   c.data.frame_stride = 1
@@ -111,4 +111,28 @@ def get_default_config() -> mc.ConfigDict:
   c.eval.num_videos = 2048
   c.eval.batch_size = 16
   c.eval.split = "train"
+  return c
+
+
+def get_paper_config(dataset: str, learning_rate: float, grad_clip: float, num_classes: int = 0):
+  """The paper's stage-2 setup (../shared/PAPER.md): DiT 1152 x 28, 16 heads, on 16 frames of
+  32 latent tokens x 4 channels from the frame autoencoder, FoPP, x0, linear betas, T = 1000,
+  AdamW, EMA 0.9999, global batch 96, 100k steps, DDIM 50 steps."""
+  c = get_default_config()
+  c.num_frames = 16
+  c.global_batch_size = 96
+  c.num_train_steps = 100_000
+  c.train_timesteps = "fopp"
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.grad_clip = grad_clip
+  c.data.name = dataset
+  c.data.resolution = 256
+  # Latent tokens of the per-frame ViT tokenizer, not pixel patches.
+  c.model.tokens_per_frame = 32
+  c.model.in_channels = 4
+  c.model.num_classes = num_classes
+  c.model.dtype = "bfloat16"
+  c.mesh.shape = (-1, 1, 1)
+  c.sampling.num_steps = 50
+  c.sampling.ar_step = 5
   return c

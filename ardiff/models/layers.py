@@ -1,0 +1,128 @@
+"""Building blocks of the video transformer: timestep embedding, RoPE over frames, attention, MLP.
+
+Every parameter carries logical axis names (embed, heads, kv, mlp, ...) that the mesh rules in
+the config map to device axes; main activations are constrained by name as well.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = jnp.dtype
+
+# Weight initialisers wrapped with logical names.
+_xavier = nn.initializers.xavier_uniform()
+_zeros = nn.initializers.zeros_init()
+
+
+def named(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """[...] float timesteps -> [..., dim] (cos, sin) features, as in DiT / ADM."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class TimestepEmbedder(nn.Module):
+  """Integer timestep (one per frame) -> hidden vector, through sinusoids and a 2-layer MLP."""
+
+  hidden_size: int
+  frequency_dim: int = 256
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:  # [B, F] -> [B, F, D]
+    h = sinusoidal_embedding(t, self.frequency_dim)
+    init = nn.initializers.normal(0.02)
+    h = nn.Dense(
+        self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=named(init, (None, "embed")), bias_init=named(_zeros, ("embed",)), name="fc1",
+    )(h)
+    h = nn.silu(h)
+    return nn.Dense(
+        self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=named(init, ("mlp", "embed")), bias_init=named(_zeros, ("embed",)), name="fc2",
+    )(h)
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [S, head_dim // 2] for integer positions [S]."""
+  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates [B, S, H, Dh] by the per-position angles (rotate-half convention)."""
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  c, s = cos[None, :, None, :], sin[None, :, None, :]
+  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with RoPE (over frame positions) and a boolean mask."""
+
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask):
+    """x [B, S, D]; cos/sin [S, Dh/2]; mask bool [S, S] (query, key): True = may attend."""
+    d = x.shape[-1]
+    head_dim = d // self.num_heads
+    dense = lambda name: nn.DenseGeneral(
+        (self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=named(_xavier, ("embed", "heads", "kv")),
+        bias_init=named(_zeros, ("heads", "kv")), name=name,
+    )
+    q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # [B, S, H, Dh]
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = nn.with_logical_constraint(q, ("batch", "tokens", "heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", "tokens", "heads", "kv"))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
+    out = nn.with_logical_constraint(out, ("batch", "tokens", "heads", "kv"))
+    return nn.DenseGeneral(
+        d, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=named(_xavier, ("heads", "kv", "embed")),
+        bias_init=named(_zeros, ("embed",)), name="out",
+    )(out)
+
+
+class Mlp(nn.Module):
+  hidden_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    h = nn.Dense(
+        self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=named(_xavier, ("embed", "mlp")), bias_init=named(_zeros, ("mlp",)), name="fc1",
+    )(x)
+    h = nn.with_logical_constraint(nn.gelu(h, approximate=True), ("batch", "tokens", "mlp"))
+    return nn.Dense(
+        d, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=named(_xavier, ("mlp", "embed")), bias_init=named(_zeros, ("embed",)), name="fc2",
+    )(h)
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Parameter-free LayerNorm in float32 (adaLN supplies the scale and shift)."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def modulate(x, shift, scale):
+  return x * (1.0 + scale) + shift

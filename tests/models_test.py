@@ -1,0 +1,173 @@
+"""The causal video DiT: shapes, exact temporal causality, conditioning, gradients, paper size."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiff.models import attention_mask, build_model
+from configs import tiny
+
+
+def randomized(variables, seed=0):
+  """Every parameter replaced by a random value: at init adaLN-Zero and the zero output layer
+  make the network the zero function, which would hide both causality leaks and dead paths."""
+  leaves, treedef = jax.tree.flatten(nn.unbox(variables))
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return treedef.unflatten([0.3 * jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
+
+
+def setup_model(num_classes=0, context_attends_video=False, batch=2):
+  c = tiny.get_config()
+  c.model.num_classes = num_classes
+  c.model.context_attends_video = context_attends_video
+  model = build_model(c)
+  f, l, ch = c.model.num_frames, c.model.tokens_per_frame, c.model.in_channels
+  kx, kt = jax.random.split(jax.random.key(1))
+  x = jax.random.normal(kx, (batch, f, l, ch))
+  t = jnp.sort(jax.random.randint(kt, (batch, f), 0, 1000), axis=1)
+  labels = jnp.arange(batch, dtype=jnp.int32) % max(num_classes, 1) if num_classes else None
+  variables = model.init(jax.random.key(0), x, t, labels)
+  return model, randomized(variables), x, t, labels
+
+
+def test_shapes_and_zero_init():
+  c = tiny.get_config()
+  model = build_model(c)
+  x = jnp.ones((3, 4, 16, 48))
+  t = jnp.zeros((3, 4), jnp.int32)
+  variables = model.init(jax.random.key(0), x, t, None)
+  out = model.apply(variables, x, t, None)
+  assert out.shape == x.shape and out.dtype == jnp.float32
+  assert np.all(np.asarray(out) == 0)  # zero-initialised output layer (adaLN-Zero)
+  # Shorter windows (sampling near the start of a video) work with the same parameters.
+  assert model.apply(variables, x[:, :2], t[:, :2], None).shape == (3, 2, 16, 48)
+  with pytest.raises(ValueError, match="tokens_per_frame"):
+    model.apply(variables, jnp.ones((3, 4, 9, 48)), t, None)
+  with pytest.raises(ValueError, match="at most 4 frames"):
+    model.apply(variables, jnp.ones((3, 5, 16, 48)), jnp.zeros((3, 5), jnp.int32), None)
+
+
+def test_attention_mask_by_enumeration():
+  nc, f, l = 2, 3, 2
+  mask = attention_mask(nc, f, l)
+  frame_of = [-1] * nc + [i for i in range(f) for _ in range(l)]
+  for q, fq in enumerate(frame_of):
+    for k, fk in enumerate(frame_of):
+      expect = (fk == -1) if fq == -1 else (fk == -1 or fk <= fq)
+      assert mask[q, k] == expect, (q, k)
+  leaky = attention_mask(nc, f, l, context_attends_video=True)
+  assert leaky[:nc].all() and (leaky[nc:] == mask[nc:]).all()
+
+
+@pytest.mark.parametrize("num_classes", [0, 5])
+def test_exact_temporal_causality(num_classes):
+  model, variables, x, t, labels = setup_model(num_classes)
+  apply = jax.jit(model.apply)
+  base = np.asarray(apply(variables, x, t, labels))
+  f = x.shape[1]
+  for k in range(f):
+    x2 = x.at[:, k].add(1.0)
+    t2 = t.at[:, k].set((t[:, k] + 317) % 1000)
+    for changed in (apply(variables, x2, t, labels), apply(variables, x, t2, labels)):
+      changed = np.asarray(changed)
+      # Bit-identical on earlier frames: nothing of frame k reaches them.
+      np.testing.assert_array_equal(changed[:, :k], base[:, :k])
+      assert np.abs(changed[:, k] - base[:, k]).max() > 1e-3
+
+
+def test_leaky_context_option_is_not_causal():
+  model, variables, x, t, labels = setup_model(context_attends_video=True)
+  base = np.asarray(model.apply(variables, x, t, labels))
+  changed = np.asarray(model.apply(variables, x.at[:, -1].add(1.0), t, labels))
+  assert np.abs(changed[:, 0] - base[:, 0]).max() > 1e-4  # depth 2: the future leaks back
+
+
+def test_conditioning_changes_the_output():
+  model, variables, x, t, labels = setup_model(num_classes=5)
+  a = np.asarray(model.apply(variables, x, t, jnp.array([0, 0])))
+  b = np.asarray(model.apply(variables, x, t, jnp.array([3, 3])))
+  null = np.asarray(model.apply(variables, x, t, None))
+  assert np.abs(a - b).max() > 1e-3 and np.abs(a - null).max() > 1e-3
+  np.testing.assert_array_equal(null, np.asarray(model.apply(variables, x, t, jnp.array([5, 5]))))
+  # Unconditional: the learned context is a parameter and shapes the output.
+  model, variables, x, t, _ = setup_model()
+  out = model.apply(variables, x, t, None)
+  # (A random change: a constant shift would vanish in the LayerNorm.)
+  bump = lambda p, a: a + jax.random.normal(jax.random.key(9), a.shape) if p[-1].key == "context" else a
+  variables2 = jax.tree_util.tree_map_with_path(bump, variables)
+  assert np.abs(np.asarray(model.apply(variables2, x, t, None) - out)).max() > 1e-3
+
+
+def test_shorter_window_matches_the_full_clip():
+  # Frame positions are relative to the window (RoPE), and later frames are invisible: a model
+  # call on the first frames alone gives what the full clip gives there (sampling relies on it).
+  model, variables, x, t, labels = setup_model()
+  full = np.asarray(model.apply(variables, x, t, labels))
+  prefix = np.asarray(model.apply(variables, x[:, :2], t[:, :2], labels))
+  np.testing.assert_allclose(prefix, full[:, :2], atol=1e-5 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("num_classes", [0, 5])
+def test_gradients_reach_every_parameter(num_classes):
+  model, variables, x, t, labels = setup_model(num_classes)
+
+  def loss(v):
+    return jnp.mean(jnp.square(model.apply(v, x, t, labels) - 0.5))
+
+  grads = jax.grad(loss)(variables)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    name = jax.tree_util.keystr(path)
+    if "label_embedding" in name:  # only the rows of the labels used get gradient
+      g = g[np.asarray(labels)]
+    assert np.all(np.isfinite(g)), name
+    assert np.abs(g).max() > 0, f"no gradient reaches {name}"
+
+
+def test_every_parameter_has_logical_names():
+  c = tiny.get_config()
+  c.model.num_classes = 3
+  model = build_model(c)
+  x, t = jnp.ones((1, 4, 16, 48)), jnp.zeros((1, 4), jnp.int32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), x, t, jnp.zeros((1,), jnp.int32))
+  leaves = jax.tree.leaves(abstract, is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned))
+  assert leaves and all(isinstance(a, nn.LogicallyPartitioned) for a in leaves)
+  for a in leaves:
+    assert len(a.names) == len(a.value.shape)
+
+
+def test_bfloat16_compute():
+  c = tiny.get_config()
+  c.model.dtype = "bfloat16"
+  model = build_model(c)
+  x, t = jnp.ones((1, 4, 16, 48)), jnp.zeros((1, 4), jnp.int32)
+  variables = model.init(jax.random.key(0), x, t, None)
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(nn.unbox(variables)))
+  out = model.apply(randomized(variables), x, t, None)
+  assert out.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(out)))
+
+
+def paper_parameter_count():
+  from configs import taichi  # noqa: PLC0415 - the paper's size
+
+  c = taichi.get_config()
+  model = build_model(c)
+  m = c.model
+  x = jax.ShapeDtypeStruct((1, m.num_frames, m.tokens_per_frame, m.in_channels), jnp.float32)
+  t = jax.ShapeDtypeStruct((1, m.num_frames), jnp.int32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), x, t, None)
+  return c, sum(a.size for a in jax.tree.leaves(nn.unbox(abstract)))
+
+
+def test_paper_size_parameter_count():
+  c, count = paper_parameter_count()
+  m = c.model
+  assert (m.hidden_size, m.depth, m.num_heads, m.mlp_ratio) == (1152, 28, 16, 4.0)
+  assert (m.num_frames, m.tokens_per_frame, m.in_channels) == (16, 32, 4)
+  d = m.hidden_size
+  # Per block: q, k, v, out (4 d^2 + 4 d), MLP (8 d^2 + 5 d), adaLN (6 d^2 + 6 d).
+  per_block = 18 * d * d + 15 * d
+  assert count > m.depth * per_block
+  assert count == pytest.approx(673.7e6, rel=0.01)  # about DiT-XL (675M)
+  print(f"paper-size parameters: {count:,}")
