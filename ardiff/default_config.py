@@ -99,6 +99,11 @@ def get_default_config() -> mc.ConfigDict:
   c.sampling.ar_step = 5
   c.sampling.num_frames = num_frames
   c.sampling.eta = 0.0
+  # Finished frames kept in view when a long video slides its window (None: the default of
+  # timesteps.default_context_frames).
+  c.sampling.context_frames = mc.config_dict.placeholder(int)
+  # Clip x0 estimates to [-1, 1] (pixel space); latent configs turn it off.
+  c.sampling.clip_denoised = True
   c.sampling.guidance_scale = 1.0
   c.sampling.kv_cache = True
   c.sampling.use_ema = True
@@ -132,6 +137,7 @@ def get_paper_config(dataset: str, learning_rate: float, grad_clip: float, num_c
   c.model.in_channels = 4
   c.model.num_classes = num_classes
   c.model.dtype = "bfloat16"
+  c.sampling.clip_denoised = False
   c.mesh.shape = (-1, 1, 1)
   c.sampling.num_steps = 50
   c.sampling.ar_step = 5
