@@ -97,7 +97,9 @@ def get_default_config() -> mc.ConfigDict:
   c.sampling = mc.ConfigDict()
   c.sampling.num_steps = 50
   c.sampling.ar_step = 5
-  c.sampling.num_frames = num_frames
+  # Frames to generate; None: the trained length. (Not tied to num_frames by a FieldReference:
+  # setting it would then change the training clip length too.)
+  c.sampling.num_frames = mc.config_dict.placeholder(int)
   c.sampling.eta = 0.0
   # Finished frames kept in view when a long video slides its window (None: the default of
   # timesteps.default_context_frames).

@@ -11,3 +11,12 @@ from absl import flags  # noqa: E402
 
 # grain's workers read absl flags; under pytest there is no absl.app.run to parse them.
 flags.FLAGS.mark_as_parsed()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """A data dir shared by the tests that train on the real (built-on-first-use) datasets."""
+  return str(tmp_path_factory.mktemp("tensorflow_datasets"))

@@ -67,6 +67,41 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
+class HeadsIn(nn.Module):
+  """[B, S, D] -> [B, S, H, Dh]. Explicit 3-D kernel (not DenseGeneral, which initialises a
+  flattened 2-D kernel that cannot carry three logical axis names)."""
+
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+    shape = (x.shape[-1], self.num_heads, self.head_dim)
+    kernel = self.param("kernel", named(init, ("embed", "heads", "kv")), shape, self.param_dtype)
+    bias = self.param("bias", named(_zeros, ("heads", "kv")), shape[1:], self.param_dtype)
+    return jnp.einsum("bsd,dhk->bshk", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class HeadsOut(nn.Module):
+  """[B, S, H, Dh] -> [B, S, D], the output projection of attention."""
+
+  features: int | None = None  # default: H * Dh
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h, k = x.shape[-2:]
+    d = self.features or h * k
+    init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+    kernel = self.param("kernel", named(init, ("heads", "kv", "embed")), (h, k, d), self.param_dtype)
+    bias = self.param("bias", named(_zeros, ("embed",)), (d,), self.param_dtype)
+    return jnp.einsum("bshk,hkd->bsd", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with RoPE (over frame positions) and a boolean mask."""
 
@@ -75,26 +110,28 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
-    """x [B, S, D]; cos/sin [S, Dh/2]; mask bool [S, S] (query, key): True = may attend."""
+  def __call__(self, x, cos, sin, mask, kv_prefix=None, return_kv=False):
+    """x [B, S, D]; cos/sin [S, Dh/2]; mask bool [S, P + S] (query, key): True = may attend.
+
+    kv_prefix: (k, v) [B, P, H, Dh] of P tokens computed earlier (keys already rotated),
+    attended before the S own tokens: the KV cache of sampling. None: P = 0.
+    return_kv: also return the own (k, v) [B, S, H, Dh] (keys rotated), to be cached.
+    """
     d = x.shape[-1]
     head_dim = d // self.num_heads
-    dense = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=named(_xavier, ("embed", "heads", "kv")),
-        bias_init=named(_zeros, ("heads", "kv")), name=name,
-    )
+    dense = lambda name: HeadsIn(self.num_heads, head_dim, self.dtype, self.param_dtype, name=name)
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # [B, S, H, Dh]
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = nn.with_logical_constraint(q, ("batch", "tokens", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", "tokens", "heads", "kv"))
+    own_kv = (k, v)
+    if kv_prefix is not None:
+      k = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)  # [B, P + S, H, Dh]
+      v = jnp.concatenate([kv_prefix[1].astype(v.dtype), v], axis=1)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
     out = nn.with_logical_constraint(out, ("batch", "tokens", "heads", "kv"))
-    return nn.DenseGeneral(
-        d, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=named(_xavier, ("heads", "kv", "embed")),
-        bias_init=named(_zeros, ("embed",)), name="out",
-    )(out)
+    out = HeadsOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+    return (out, own_kv) if return_kv else out
 
 
 class Mlp(nn.Module):

@@ -1,0 +1,84 @@
+"""Orbax checkpoints (train state, EMA and the data iterator together) and the EMA export.
+
+Layout under the workdir:
+  checkpoints/<step>/{state,data}   asynchronous, every checkpoint_every_steps, last k kept
+  export/params                     EMA parameters alone, for inference
+  export/config.json                the config they were trained with
+"""
+
+import json
+import os
+
+from absl import logging
+from etils import epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores {"state": train state, "data": grain iterator} by step."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
+    """Starts saving; device arrays are copied to the host before this returns, so the
+    state may be donated to the next step right away."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+    """Restores onto abstract_state's shardings (any mesh). None if there is no checkpoint."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except  (any failure: report where and why)
+      raise RuntimeError(
+          f"Checkpoint {step} in {self.directory} cannot be restored onto this config"
+          f" ({type(e).__name__}: {e}). Steps present: {list(self.manager.all_steps())}. If the"
+          " config changed (model size, optimizer), use a new --workdir; if this step is"
+          " damaged, move its directory aside to resume from the previous one."
+      ) from e
+    logging.info("Restored checkpoint %d from %s.", step, self.directory)
+    return restored["state"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def export_params(workdir: str, params, config) -> str:
+  """Writes the EMA parameters alone (plus the config) to workdir/export for inference."""
+  path = epath.Path(os.path.abspath(workdir)) / "export"
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path / "params", params, force=True)
+  checkpointer.wait_until_finished()
+  if jax.process_index() == 0:
+    (path / "config.json").write_text(config.to_json_best_effort(indent=2))
+  return os.fspath(path)
+
+
+def load_export(workdir: str, abstract_params=None):
+  """The exported parameters (onto abstract_params' shardings if given) and the config dict."""
+  path = epath.Path(os.path.abspath(workdir)) / "export"
+  if not (path / "params").exists():
+    raise FileNotFoundError(f"No exported model in {path}: train first (the export is written at the end).")
+  params = ocp.StandardCheckpointer().restore(path / "params", abstract_params)
+  return params, json.loads((path / "config.json").read_text())

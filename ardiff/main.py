@@ -1,0 +1,53 @@
+r"""ardiff entry point.
+
+  python -m ardiff.main --config=configs/demo.py --workdir=/tmp/ardiff_demo [--mode=train]
+  python -m ardiff.main --config=configs/taichi.py --config.num_train_steps=20 --workdir=...
+
+Any config field can be overridden as --config.a.b=value.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, samples.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate"], "What to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Environment variables that say this process is one of several.
+_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def _multiprocess() -> bool:
+  if any(os.environ.get(k) for k in _CLUSTER_ENV):
+    return True
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return True
+  return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")  # a multi-host TPU slice
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _multiprocess():
+    # TPU pods detect themselves; GPU clusters through SLURM / Open MPI / JAX_COORDINATOR_*.
+    jax.distributed.initialize()
+  jax.config.update("jax_threefry_partitionable", True)
+  logging.info("JAX process %d / %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+  config = _CONFIG.value
+  if _MODE.value == "train":
+    from ardiff import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, _WORKDIR.value)
+  else:
+    raise app.UsageError(
+        f"--mode={_MODE.value} is not available yet in this version: only --mode=train is."
+    )
+
+
+if __name__ == "__main__":
+  app.run(main)
