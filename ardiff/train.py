@@ -45,9 +45,15 @@ def ema_decay(config, step):
 
 
 def model_inputs(config, batch) -> tuple[jax.Array, jax.Array | None]:
-  """uint8 frames [B, F, H, W, 3] -> tokens [B, F, L, C] (on device, inside jit), labels."""
-  video = patches.to_model_input(batch["video"])
-  x0 = patches.patchify(video, config.data.patch_size)
+  """The clean tokens [B, F, L, C] and labels of a batch, on device inside jit.
+
+  Pixel batches carry uint8 frames "video" [B, F, H, W, 3], cut into patches here; latent
+  batches (pre-extracted autoencoder tokens, the paper's stage 2) carry "latents" [B, F, L, C].
+  """
+  if "latents" in batch:
+    x0 = batch["latents"].astype(jnp.float32)
+  else:
+    x0 = patches.patchify(patches.to_model_input(batch["video"]), config.data.patch_size)
   labels = batch["label"].astype(jnp.int32) if config.model.num_classes else None
   return x0, labels
 
