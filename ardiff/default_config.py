@@ -113,6 +113,9 @@ def get_default_config() -> mc.ConfigDict:
   c.sampling.batch_size = 8
   c.sampling.seed = 0
   c.sampling.label = -1  # class-conditional: -1 draws labels at random.
+  # Video prediction: the first prefix_frames frames of real clips from prefix_split are given.
+  c.sampling.prefix_frames = 0
+  c.sampling.prefix_split = "test"
 
   c.eval = mc.ConfigDict()
   c.eval.num_videos = 2048

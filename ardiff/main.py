@@ -43,9 +43,12 @@ def main(argv):
   if _MODE.value == "train":
     from ardiff import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, _WORKDIR.value)
+  elif _MODE.value == "sample":
+    from ardiff import generate  # pylint: disable=g-import-not-at-top
+    generate.sample_and_save(config, _WORKDIR.value)
   else:
     raise app.UsageError(
-        f"--mode={_MODE.value} is not available yet in this version: only --mode=train is."
+        f"--mode={_MODE.value} is not available yet in this version: use --mode=train or sample."
     )
 
 

@@ -305,6 +305,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, metrics = step_fn(state, batch, step_rng)
       s = step + 1
       history.append((s, metrics))
+      if len(history) > 2:
+        # At most two steps in flight: bounds how far Python runs ahead of the devices, so a
+        # SIGTERM is acted on within a step or two (no data comes back to the host here).
+        history[-3][1]["loss"].block_until_ready()
       report(s)
       last = s == config.num_train_steps
       stop = bool(preempted)  # read once: the signal may arrive at any point below
