@@ -56,6 +56,7 @@ def per_token(v: jax.Array, num_context: int, tokens_per_frame: int) -> jax.Arra
 class Block(nn.Module):
   """Transformer block with adaLN-Zero: shift, scale and gate for attention and for the MLP."""
 
+  hidden_size: int
   num_heads: int
   mlp_ratio: float
   num_context: int
@@ -63,29 +64,48 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    d, kw = self.hidden_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.adaLN = nn.Dense(
+        6 * d, kernel_init=named(nn.initializers.zeros_init(), ("embed", "mlp")),
+        bias_init=named(nn.initializers.zeros_init(), ("mlp",)), **kw,
+    )
+    self.attn = layers.Attention(self.num_heads, **kw)
+    self.mlp = layers.Mlp(int(d * self.mlp_ratio), **kw)
+
   def __call__(self, x, c, cos, sin, mask):
     """x [B, S, D]; c [B, 1 + F, D] conditioning vectors (context, then frames)."""
-    d = x.shape[-1]
-    mod = nn.Dense(
-        6 * d, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=named(nn.initializers.zeros_init(), ("embed", "mlp")),
-        bias_init=named(nn.initializers.zeros_init(), ("mlp",)), name="adaLN",
-    )(nn.silu(c))
-    mod = per_token(mod, self.num_context, self.tokens_per_frame)  # [B, S, 6D]
-    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
+    mod = per_token(self.adaLN(nn.silu(c)), self.num_context, self.tokens_per_frame)  # [B, S, 6D]
+    return self._forward(x, mod, cos, sin, mask)[0]
 
+  def extend(self, x, c, tokens_per_row, cos, sin, mask, kv_prefix=None):
+    """Runs part of the sequence against keys/values given for earlier tokens (KV cache).
+
+    x [B, R * n, D]: R rows (frames, or the conditioning tokens as one row) of
+    n = tokens_per_row tokens; c [B, R, D]: a conditioning vector per row; kv_prefix: (k, v)
+    [B, P, H, Dh] or None; mask [R * n, P + R * n]. Returns x and the own (k, v).
+    """
+    mod = jnp.repeat(self.adaLN(nn.silu(c)), tokens_per_row, axis=1)  # [B, R * n, 6D]
+    return self._forward(x, mod, cos, sin, mask, kv_prefix)
+
+  def _forward(self, x, mod, cos, sin, mask, kv_prefix=None):
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     h = layers.modulate(layers.layer_norm(x), shift_a, scale_a)
-    h = layers.Attention(self.num_heads, self.dtype, self.param_dtype, name="attn")(h, cos, sin, mask)
+    h, kv = self.attn(h, cos, sin, mask, kv_prefix, return_kv=True)
     x = x + gate_a * h
     h = layers.modulate(layers.layer_norm(x), shift_m, scale_m)
-    h = layers.Mlp(int(d * self.mlp_ratio), self.dtype, self.param_dtype, name="mlp")(h)
-    x = x + gate_m * h
-    return nn.with_logical_constraint(x, ("batch", "tokens", "act_embed"))
+    x = x + gate_m * self.mlp(h)
+    return nn.with_logical_constraint(x, ("batch", "tokens", "act_embed")), kv
 
 
 class VideoDiT(nn.Module):
-  """x [B, F, L, C], t int32 [B, F], labels int32 [B] or None -> prediction [B, F, L, C]."""
+  """x [B, F, L, C], t int32 [B, F], labels int32 [B] or None -> prediction [B, F, L, C].
+
+  Besides the forward pass (`__call__`, training and plain sampling), two methods serve the
+  KV cache of sampling (ardiff/sampling.py), called as `model.apply(variables, ...,
+  method="context_kv" | "decode")`: the conditioning tokens' keys/values, and a pass over some
+  frames of a window against the keys/values of everything before them.
+  """
 
   num_frames: int  # the window: the most frames one call sees (the trained clip length)
   tokens_per_frame: int
@@ -106,9 +126,51 @@ class VideoDiT(nn.Module):
   def null_label(self) -> int:
     return self.num_classes
 
-  @nn.compact
-  def __call__(self, x, t, labels=None):
-    b, f, l, c = x.shape
+  def setup(self):
+    d, nc = self.hidden_size, self.num_context_tokens
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    normal = nn.initializers.normal(0.02)
+    zeros = nn.initializers.zeros_init()
+    # Tokens of the frames: linear patch/latent embedding plus the token-in-frame position.
+    self.embed = nn.Dense(
+        d, kernel_init=named(nn.initializers.xavier_uniform(), ("channels", "embed")),
+        bias_init=named(zeros, ("embed",)), **kw,
+    )
+    self.token_position = self.param(
+        "token_position", named(normal, ("tokens", "embed")), (self.tokens_per_frame, d),
+        self.param_dtype,
+    )
+    # Conditioning tokens: a learned context (a parameter, so it trains), plus the class
+    # embedding when class-conditional.
+    self.context = self.param(
+        "context", named(normal, ("cond", "embed")), (nc, d), self.param_dtype
+    )
+    if self.num_classes:
+      self.label_embedding = nn.Embed(
+          self.num_classes + 1, d, embedding_init=named(normal, ("classes", "embed")), **kw
+      )
+    # Conditioning vectors for adaLN: one per frame from its timestep, one for the context.
+    self.timestep_embedding = layers.TimestepEmbedder(d, **kw)
+    self.context_conditioning = self.param(
+        "context_conditioning", named(normal, ("embed",)), (d,), self.param_dtype
+    )
+    block_cls = nn.remat(Block) if self.remat else Block
+    # A list attribute: the blocks are named block_0, block_1, ...
+    self.block = [
+        block_cls(d, self.num_heads, self.mlp_ratio, nc, self.tokens_per_frame, **kw)
+        for _ in range(self.depth)
+    ]
+    # Final adaLN (shift, scale) and a zero-initialised projection back to the channels.
+    self.final_adaLN = nn.Dense(
+        2 * d, kernel_init=named(zeros, ("embed", "mlp")), bias_init=named(zeros, ("mlp",)), **kw
+    )
+    self.final = nn.Dense(
+        self.in_channels, kernel_init=named(zeros, ("embed", "channels")),
+        bias_init=named(zeros, ("channels",)), **kw,
+    )
+
+  def _check_input(self, x):
+    _, f, l, c = x.shape
     if f > self.num_frames:
       raise ValueError(
           f"The model sees windows of at most {self.num_frames} frames (config.model.num_frames)"
@@ -120,69 +182,95 @@ class VideoDiT(nn.Module):
           f" {self.tokens_per_frame} x {self.in_channels} (config.model.tokens_per_frame /"
           " in_channels, set from data.resolution and data.patch_size for pixel configs)."
       )
-    d, nc = self.hidden_size, self.num_context_tokens
+    d = self.hidden_size
     if d % self.num_heads or (d // self.num_heads) % 2:
       raise ValueError(f"hidden_size {d} must split into {self.num_heads} heads of even size.")
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-    # Tokens of the frames: linear patch/latent embedding plus the token-in-frame position.
-    h = nn.Dense(
-        d, kernel_init=named(nn.initializers.xavier_uniform(), ("channels", "embed")),
-        bias_init=named(nn.initializers.zeros_init(), ("embed",)), name="embed", **kw,
-    )(x.astype(self.dtype))
-    tok_pos = self.param(
-        "token_position", named(nn.initializers.normal(0.02), ("tokens", "embed")), (l, d),
-        self.param_dtype,
-    )
-    h = (h + tok_pos.astype(self.dtype)).reshape(b, f * l, d)
+  def _embed_frames(self, x):  # [B, F, L, C] -> [B, F * L, D]
+    b, f, l, _ = x.shape
+    h = self.embed(x.astype(self.dtype)) + self.token_position.astype(self.dtype)
+    return h.reshape(b, f * l, self.hidden_size)
 
-    # Conditioning tokens: a learned context (a parameter, so it trains), plus the class
-    # embedding when class-conditional (labels None -> the null label of guidance).
-    ctx = self.param(
-        "context", named(nn.initializers.normal(0.02), ("cond", "embed")), (nc, d),
-        self.param_dtype,
-    )
-    ctx = jnp.broadcast_to(ctx.astype(self.dtype)[None], (b, nc, d))
+  def _context_tokens(self, labels, batch_size):  # -> [B, Nc, D]
+    ctx = self.context.astype(self.dtype)[None]
+    ctx = jnp.broadcast_to(ctx, (batch_size,) + ctx.shape[1:])
     if self.num_classes:
-      if labels is None:
-        labels = jnp.full((b,), self.null_label, jnp.int32)
-      emb = nn.Embed(
-          self.num_classes + 1, d, embedding_init=named(nn.initializers.normal(0.02), ("classes", "embed")),
-          name="label_embedding", **kw,
-      )(labels)
-      ctx = ctx + emb[:, None, :]
-    seq = jnp.concatenate([ctx, h], axis=1)
+      if labels is None:  # the null label of classifier-free guidance
+        labels = jnp.full((batch_size,), self.null_label, jnp.int32)
+      ctx = ctx + self.label_embedding(labels)[:, None, :]
+    return ctx
+
+  def _context_conditioning(self, batch_size):  # -> [B, 1, D]
+    c = self.context_conditioning.astype(self.dtype)
+    return jnp.broadcast_to(c, (batch_size, 1, self.hidden_size))
+
+  def _rope(self, positions):
+    return layers.rope_angles(positions, self.hidden_size // self.num_heads, self.rope_theta)
+
+  def __call__(self, x, t, labels=None):
+    self._check_input(x)
+    b, f, l, c = x.shape
+    nc = self.num_context_tokens
+    seq = jnp.concatenate([self._context_tokens(labels, b), self._embed_frames(x)], axis=1)
     seq = nn.with_logical_constraint(seq, ("batch", "tokens", "act_embed"))
+    c_frames = self.timestep_embedding(t).astype(self.dtype)
+    cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + F, D]
 
-    # Conditioning vectors for adaLN: one per frame from its timestep, one for the context.
-    c_frames = layers.TimestepEmbedder(d, name="timestep_embedding", **kw)(t)
-    c_ctx = self.param(
-        "context_conditioning", named(nn.initializers.normal(0.02), ("embed",)), (d,),
-        self.param_dtype,
-    )
-    cond = jnp.concatenate(
-        [jnp.broadcast_to(c_ctx.astype(self.dtype), (b, 1, d)), c_frames.astype(self.dtype)], axis=1
-    )  # [B, 1 + F, D]
-
-    positions = token_positions(nc, f, l)
-    cos, sin = layers.rope_angles(jnp.asarray(positions), d // self.num_heads, self.rope_theta)
+    cos, sin = self._rope(jnp.asarray(token_positions(nc, f, l)))
     mask = jnp.asarray(attention_mask(nc, f, l, self.context_attends_video))
+    for block in self.block:
+      seq = block(seq, cond, cos, sin, mask)
 
-    block_cls = nn.remat(Block) if self.remat else Block
-    for i in range(self.depth):
-      seq = block_cls(self.num_heads, self.mlp_ratio, nc, l, name=f"block_{i}", **kw)(
-          seq, cond, cos, sin, mask
-      )
-
-    # Final adaLN (shift, scale) and a zero-initialised projection back to the channels.
-    mod = nn.Dense(
-        2 * d, kernel_init=named(nn.initializers.zeros_init(), ("embed", "mlp")),
-        bias_init=named(nn.initializers.zeros_init(), ("mlp",)), name="final_adaLN", **kw,
-    )(nn.silu(cond))
-    shift, scale = jnp.split(per_token(mod, nc, l), 2, axis=-1)
+    shift, scale = jnp.split(per_token(self.final_adaLN(nn.silu(cond)), nc, l), 2, axis=-1)
     seq = layers.modulate(layers.layer_norm(seq), shift, scale)
-    out = nn.Dense(
-        c, kernel_init=named(nn.initializers.zeros_init(), ("embed", "channels")),
-        bias_init=named(nn.initializers.zeros_init(), ("channels",)), name="final", **kw,
-    )(seq[:, nc:])
+    out = self.final(seq[:, nc:])
     return out.reshape(b, f, l, c).astype(jnp.float32)
+
+  def context_kv(self, labels, batch_size: int):
+    """Keys and values of the conditioning tokens in every layer: (k, v) [depth, B, Nc, H, Dh].
+
+    Under strict causality they attend to each other only, so they depend on the labels alone
+    (labels None: the null label) and serve every model call of a sampling run.
+    """
+    if self.context_attends_video:
+      raise ValueError("With context_attends_video the context sees the frames: no KV cache.")
+    nc = self.num_context_tokens
+    h = self._context_tokens(labels, batch_size)
+    c = self._context_conditioning(batch_size)
+    cos, sin = self._rope(jnp.full((nc,), CONTEXT_POSITION, jnp.int32))
+    mask = jnp.ones((nc, nc), bool)
+    ks, vs = [], []
+    for block in self.block:
+      h, (k, v) = block.extend(h, c, nc, cos, sin, mask)
+      ks.append(k)
+      vs.append(v)
+    return jnp.stack(ks), jnp.stack(vs)
+
+  def decode(self, x, t, positions, kv_prefix, prefix_valid):
+    """The frames x [B, Q, L, C] of a window, at t [B, Q], against cached keys/values.
+
+    positions int [Q]: the frames' indices within the window (RoPE), increasing; a frame sees
+    the valid prefix tokens and the frames of x at its position or before. kv_prefix: (k, v)
+    [depth, B, P, H, Dh] from context_kv and earlier decode calls; prefix_valid bool [P].
+    Returns the prediction [B, Q, L, C] (as __call__ gives for these frames when the window
+    holds the prefix's frames before them) and the frames' own (k, v) [depth, B, Q * L, H, Dh].
+    """
+    self._check_input(x)
+    b, q, l, c = x.shape
+    h = self._embed_frames(x)  # [B, Q * L, D]
+    c_frames = self.timestep_embedding(t).astype(self.dtype)  # [B, Q, D]
+    pos = jnp.repeat(jnp.asarray(positions, jnp.int32), l)  # [Q * L]
+    cos, sin = self._rope(pos)
+    own = pos[None, :] <= pos[:, None]
+    prefix = jnp.broadcast_to(prefix_valid[None, :], (q * l, prefix_valid.shape[0]))
+    mask = jnp.concatenate([prefix, own], axis=1)  # [Q * L, P + Q * L]
+    ks, vs = [], []
+    for i, block in enumerate(self.block):
+      h, (k, v) = block.extend(h, c_frames, l, cos, sin, mask, (kv_prefix[0][i], kv_prefix[1][i]))
+      ks.append(k)
+      vs.append(v)
+
+    shift, scale = jnp.split(jnp.repeat(self.final_adaLN(nn.silu(c_frames)), l, axis=1), 2, axis=-1)
+    h = layers.modulate(layers.layer_norm(h), shift, scale)
+    out = self.final(h).reshape(b, q, l, c).astype(jnp.float32)
+    return out, (jnp.stack(ks), jnp.stack(vs))

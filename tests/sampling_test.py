@@ -1,0 +1,393 @@
+"""The AD sampling loop: cache against no cache, a plain reference loop, prefix frames,
+guidance, model-call counts, the work per call, and DDIM consistency with an oracle."""
+
+import contextlib
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiff import diffusion, sampling, timesteps
+from ardiff.models import build_model
+from configs import tiny
+
+# Compile time dominates these tests (runs take milliseconds): optimise less.
+FAST = {"xla_backend_optimization_level": 0}
+B = 2  # videos per batch
+L, C = 16, 48  # tiny: tokens and channels per frame
+
+
+def tiny_config(num_classes=0, **sampling_fields):
+  c = tiny.get_config()  # window of 4 frames, depth 2
+  c.model.num_classes = num_classes
+  c.diffusion.num_timesteps = 100
+  c.sampling.num_steps = 4
+  for name, value in sampling_fields.items():
+    setattr(c.sampling, name, value)
+  return c
+
+
+def random_params(model, scale=None, seed=1):
+  """Parameters drawn on the host (numpy: no RNG programs to compile) for the model's shapes.
+
+  scale None: N(0, 1 / fan_in) for matrices, N(0, 0.1^2) for vectors, a well-conditioned
+  network that is non-zero everywhere, like a trained one. At init adaLN-Zero makes the
+  network the zero function; models_test's `randomized` (scale=0.3 for everything) makes it
+  chaotic: saturated attention that turns float32 rounding into differences growing ~10x per
+  denoising step, which no sampler comparison survives.
+  """
+  x, t = jnp.zeros((1, 4, L, C)), jnp.zeros((1, 4), jnp.int32)
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x, t, None))
+  rng = np.random.default_rng(seed)
+
+  def draw(a):
+    std = scale or (0.1 if a.ndim == 1 else 1.0 / np.sqrt(np.prod(a.shape[:-1])))
+    return jnp.asarray(std * rng.standard_normal(a.shape), jnp.float32)
+
+  return jax.tree.map(draw, shapes)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(num_classes=0):
+  model = build_model(tiny_config(num_classes))
+  return model, random_params(model)
+
+
+def keys(seed=0, n=B):
+  return jax.random.split(jax.random.key(seed), n)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_step(model, parameterization, num_timesteps, clip_denoised):
+  """One call of the plain loop on a window: the model, guidance from two separate passes,
+  x0 and eps, clipping, DDIM (eta = 0); compiled once per window shape."""
+  dsched = diffusion.make_schedule("linear", num_timesteps)
+
+  def step(params, x_w, t_in, t_cur, t_next, labels, guidance_scale):
+    out = model.apply(params, x_w, t_in, labels)
+    if labels is not None:
+      uncond = model.apply(params, x_w, t_in, None)
+      out = jnp.where(guidance_scale == 1, out, uncond + guidance_scale * (out - uncond))
+    x0, eps = diffusion.to_x0_eps(dsched, parameterization, x_w, t_in, out)
+    if clip_denoised:
+      x0 = jnp.clip(x0, -1, 1)
+      eps = diffusion.eps_from_x0(dsched, x_w, t_in, x0)
+    return diffusion.ddim_step(dsched, x_w, t_cur, t_next, x0, eps)
+
+  return jax.jit(step, compiler_options=FAST)
+
+
+def reference_sample(model, params, config, rngs, num_frames, labels=None, prefix=None):
+  """The AD loop written plainly (eta = 0): a Python loop over the schedule's rows, the whole
+  window per call, finished frames fed clean at t = 0."""
+  s, n = config.sampling, config.sampling.num_steps
+  k = 0 if prefix is None else prefix.shape[1]
+  sched = sampling.sampling_schedule(
+      num_frames, config.model.num_frames, s.ar_step, n, s.context_frames, k
+  )
+  grid = diffusion.ddim_timesteps(config.diffusion.num_timesteps, n)
+  step = reference_step(
+      model, config.diffusion.parameterization, config.diffusion.num_timesteps, s.clip_denoised
+  )
+  w = min(config.model.num_frames, num_frames)
+  x = np.array(jax.jit(sampling.initial_noise, static_argnums=1)(rngs, (num_frames, L, C)))
+  if k:
+    x[:, :k] = prefix
+  for r in range(sched.num_calls):
+    ws = int(sched.window_start[r])
+    prev, new = sched.previous[r, ws : ws + w], sched.steps[r, ws : ws + w]
+    t_cur = np.broadcast_to(grid[prev], (len(rngs), w))
+    t_next = np.broadcast_to(grid[new], (len(rngs), w))
+    t_in = np.where(prev == n, 0, t_cur)
+    x[:, ws : ws + w] = step(
+        params, x[:, ws : ws + w], t_in, t_cur, t_next, labels, s.guidance_scale
+    )
+  return x
+
+
+def assert_close(a, b, rel=1e-4):
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.shape == b.shape
+  scale = max(np.abs(b).max(), 1e-6)
+  assert np.abs(a - b).max() <= rel * scale, (np.abs(a - b).max(), scale)
+
+
+@contextlib.contextmanager
+def count_compiles():
+  compiles = []
+  def listener(event, secs, **kwargs):
+    if "backend_compile" in event:
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model's cached pass.
+
+
+def test_decode_with_cached_kv_matches_the_full_forward():
+  # Also with models_test's all-random weights: one call, no denoising loop to amplify.
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((B, 4, L, C)), jnp.float32)
+  t = jnp.array([[0, 0, 40, 99], [0, 3, 3, 70]])
+  labels = jnp.array([1, 4])
+  model, _ = tiny_model(num_classes=5)
+  params = random_params(model, scale=0.3)  # as models_test.randomized
+
+  @functools.partial(jax.jit, compiler_options=FAST)
+  def run(params):
+    full = model.apply(params, x, t, labels)
+    ctx_k, ctx_v = model.apply(params, labels, B, method="context_kv")
+    valid = jnp.ones(ctx_k.shape[2], bool)
+    head, (k, v) = model.apply(
+        params, x[:, :2], t[:, :2], jnp.arange(2), (ctx_k, ctx_v), valid, method="decode"
+    )
+    # The rest against the cache, with a stale slot that must stay masked.
+    junk = lambda a, b: jnp.concatenate([a, b, 100.0 + b[:, :, :L]], axis=2)
+    prefix = (junk(ctx_k, k), junk(ctx_v, v))
+    valid = jnp.arange(prefix[0].shape[2]) < ctx_k.shape[2] + 2 * L
+    tail, _ = model.apply(
+        params, x[:, 2:], t[:, 2:], jnp.arange(2, 4), prefix, valid, method="decode"
+    )
+    return full, head, tail
+
+  full, head, tail = run(params)
+  assert_close(head, full[:, :2])
+  assert_close(tail, full[:, 2:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules and the cache plan (host side).
+
+
+@pytest.mark.parametrize("num_frames,prefix_frames", [(4, 0), (4, 1), (12, 0), (12, 3), (7, 5)])
+@pytest.mark.parametrize("ar_step", [0, 1, 2, 4])
+def test_sampling_schedule_with_prefix(num_frames, prefix_frames, ar_step):
+  n, window = 4, 4
+  sched = sampling.sampling_schedule(num_frames, window, ar_step, n, None, prefix_frames)
+  if prefix_frames == 0:
+    plain = timesteps.ad_schedule(num_frames, window, ar_step, n)
+    np.testing.assert_array_equal(sched.steps, plain.steps)
+    np.testing.assert_array_equal(sched.window_start, plain.window_start)
+  assert np.all(sched.previous[:, :prefix_frames] == n)  # given frames: finished throughout
+  assert sched.updates[0, prefix_frames]  # the first frame to make starts at once
+  assert np.all(sched.steps[-1] == n) and np.all(np.diff(sched.window_start) >= 0)
+  w = min(window, num_frames)
+  for r in range(sched.num_calls):
+    ws, updated = sched.window_start[r], np.nonzero(sched.updates[r])[0]
+    assert ws <= updated.min() and updated.max() < ws + w
+    assert np.all(sched.previous[r, :ws] == n)
+    assert np.all(np.diff(sched.steps[r]) <= 0)
+
+
+@pytest.mark.parametrize(
+    "num_frames,window,ar_step,num_steps,prefix_frames",
+    [(4, 4, 0, 4, 0), (4, 4, 1, 4, 0), (3, 4, 2, 4, 0), (4, 4, 4, 4, 1), (12, 4, 0, 4, 0),
+     (12, 4, 1, 4, 0), (12, 4, 2, 4, 2), (12, 4, 4, 4, 0), (16, 16, 5, 50, 0),
+     (48, 16, 5, 50, 0), (48, 16, 1, 50, 4), (64, 16, 0, 50, 0)],
+)
+def test_cache_plan_computes_only_what_changed(
+    num_frames, window, ar_step, num_steps, prefix_frames
+):
+  sched = sampling.sampling_schedule(num_frames, window, ar_step, num_steps, None, prefix_frames)
+  plan = sampling.cache_plan(sched, num_steps, max_branches=4)
+  prev, n, w = sched.previous, num_steps, min(window, num_frames)
+  for r in range(sched.num_calls):
+    ws = sched.window_start[r]
+    moved = r == 0 or ws != sched.window_start[r - 1]
+    assert plan.refresh[r] == moved
+    in_window = np.arange(num_frames)
+    in_window = in_window[(in_window >= ws) & (in_window < ws + w)]
+    finished = in_window[prev[r, in_window] == n]
+    if moved:  # the cached frames' view changed: every finished frame of the window again
+      stale = set(finished)
+    else:  # frames finished in the last call, once, clean
+      stale = {f for f in finished if prev[r - 1, f] < n}
+    expected = set(np.nonzero(sched.updates[r])[0]) | stale
+    assert set(range(plan.query_start[r], plan.query_end[r])) == expected, r
+    assert plan.query_end[r] - 1 == np.nonzero(sched.updates[r])[0].max()  # nothing later
+    assert plan.num_cached[r] == plan.query_start[r] - ws
+    assert np.all(prev[r, ws : plan.query_start[r]] == n)  # the cache holds finished frames
+  assert len(plan.sizes) <= 4 and np.all(plan.computed_frames >= plan.query_frames)
+  if len(np.unique(plan.query_frames)) <= 4:
+    np.testing.assert_array_equal(plan.computed_frames, plan.query_frames)
+  if ar_step > 0:  # a fraction of the whole-window work
+    assert plan.computed_frames.sum() < sched.num_calls * w
+
+
+def test_cache_plan_of_the_paper_setting():
+  # 16 frames, window 16, 50 steps, s = 5: 125 calls; ~10 frames in progress per call.
+  sched = timesteps.ad_schedule(16, 16, 5, 50)
+  plan = sampling.cache_plan(sched, 50)
+  assert sched.num_calls == 50 + 15 * 5
+  assert plan.query_frames.sum() == sched.updates.sum() + 15  # + each frame once, clean
+  assert plan.computed_frames.sum() < 0.65 * sched.num_calls * 16
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling.
+
+
+def test_sample_shapes_and_compiles_once():
+  model, params = tiny_model()
+  config = tiny_config(ar_step=4)  # two compiled query sizes (1, 2): quicker to compile
+  out = sampling.sample(model, params, config, jax.random.key(0), num_videos=3)
+  assert out.shape == (3, config.model.num_frames, L, C) and out.dtype == jnp.float32
+  out = np.asarray(out)
+  assert np.all(np.isfinite(out)) and np.abs(out).max() <= 1.0  # clean frames: clipped x0
+  assert out.std() > 0.1
+  with count_compiles() as compiles:
+    again = sampling.sample(model, params, config, jax.random.key(1), num_videos=3)
+    assert sampling.make_sampler(model, config) is sampling.make_sampler(model, config)
+  assert not compiles  # one compile per (config, batch size)
+  assert np.abs(np.asarray(again) - out).max() > 0.1  # another key, another video
+
+
+@pytest.mark.parametrize("ar_step", [0, 1, 2, 4])
+@pytest.mark.parametrize("num_frames", [3, 4, 12])
+def test_kv_cache_matches_no_cache_and_the_reference(num_frames, ar_step):
+  model, params = tiny_model()
+  eta = 1.0 if (num_frames + ar_step) % 2 else 0.0  # same noise on both paths
+  config = tiny_config(ar_step=ar_step, eta=eta)
+  # One compiled query size (quicker), but four in one case.
+  branches = 4 if (num_frames, ar_step) == (12, 2) else 1
+  runs = {
+      kv: sampling.make_sampler(
+          model, config, num_frames, kv_cache=kv, max_branches=branches, compiler_options=FAST
+      )
+      for kv in (False, True)
+  }
+  assert len(runs[True].plan.sizes) == branches
+  out = {kv: np.asarray(s(params, keys())) for kv, s in runs.items()}
+  assert out[True].shape == (B, num_frames, L, C)
+  assert out[False].std() > 0.1
+  assert_close(out[True], out[False])
+  if eta == 0:
+    assert_close(out[True], reference_sample(model, params, config, keys(), num_frames))
+
+
+@pytest.mark.parametrize("num_frames,prefix_frames,ar_step", [(4, 1, 4), (12, 3, 1)])
+def test_prefix_frames_come_back_unchanged(num_frames, prefix_frames, ar_step):
+  model, params = tiny_model()
+  config = tiny_config(ar_step=ar_step, num_frames=num_frames)
+  prefix = np.tanh(np.random.default_rng(5).standard_normal((B, prefix_frames, L, C)))
+  prefix = prefix.astype(np.float32)
+  run = lambda kv: sampling.make_sampler(
+      model, config, prefix_frames=prefix_frames, kv_cache=kv, max_branches=2,
+      compiler_options=FAST,
+  )(params, keys(), None, prefix)
+  out = {False: run(False)}
+  if num_frames == config.model.num_frames:  # through sample(), prefix_frames from the prefix
+    out[True] = sampling.sample(
+        model, params, config, jax.random.key(0), num_videos=B, prefix=prefix
+    )
+  else:
+    out[True] = run(True)
+  for video in out.values():
+    np.testing.assert_array_equal(np.asarray(video)[:, :prefix_frames], prefix)
+  assert_close(out[True], out[False])
+  expected = reference_sample(model, params, config, keys(), num_frames, prefix=prefix)
+  assert_close(out[True], expected)
+
+
+def test_classifier_free_guidance():
+  model, params = tiny_model(num_classes=5)
+  labels = jnp.array([1, 3], jnp.int32)
+  results = {}
+  for g in (1.0, 3.0):
+    config = tiny_config(num_classes=5, guidance_scale=g, ar_step=1)
+    sampler = sampling.make_sampler(model, config, max_branches=2, compiler_options=FAST)
+    assert sampler.guided == (g != 1.0)
+    results[g] = np.asarray(sampler(params, keys(), labels))
+    assert_close(results[g], reference_sample(model, params, config, keys(), 4, labels))
+    if g != 1.0:  # no labels: unconditional (the null label), no second pass
+      uncond = sampler(params, keys(), None)
+      assert_close(uncond, reference_sample(model, params, config, keys(), 4, None))
+  assert np.abs(results[3.0] - results[1.0]).max() > 1e-2
+  with pytest.raises(ValueError, match="unconditional model"):
+    sampling.sample(*tiny_model(), tiny_config(), jax.random.key(0), num_videos=B, labels=labels)
+
+
+class CountingModel:
+  """Passes model.apply through, recording (method, batch rows, frames) of every evaluation
+  when it runs (a callback in the compiled program: a branch of lax.switch not taken, or a
+  trace, records nothing)."""
+
+  def __init__(self, model):
+    self.model, self.calls = model, []
+
+  def apply(self, variables, *args, method=None, **kwargs):
+    if method != "context_kv":
+      entry = (method, args[0].shape[0], args[0].shape[1])
+      jax.debug.callback(lambda: self.calls.append(entry))
+    return self.model.apply(variables, *args, method=method, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self.model, name)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True])
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+def test_number_of_model_evaluations(kv_cache, guidance_scale):
+  model, params = tiny_model(num_classes=5)
+  config = tiny_config(num_classes=5, guidance_scale=guidance_scale, ar_step=2)
+  counting = CountingModel(model)
+  sampler = sampling.make_sampler(
+      counting, config, 6, kv_cache=kv_cache, max_branches=2, compiler_options=FAST
+  )
+  jax.block_until_ready(sampler(params, keys(), jnp.array([0, 4])))
+  jax.effects_barrier()
+  rows = [b for _, b, _ in counting.calls]
+  assert len(counting.calls) == sampler.schedule.num_calls  # one batched pass per call
+  assert sum(rows) // B == sampler.num_model_calls
+  assert sampler.num_model_calls == sampler.schedule.num_calls * (2 if guidance_scale != 1 else 1)
+  frames = np.array([f for _, _, f in counting.calls])
+  np.testing.assert_array_equal(frames, sampler.frames_per_call)
+  assert {m for m, _, _ in counting.calls} == {"decode" if kv_cache else None}
+
+
+ORACLE_X0 = 0.9 * np.tanh(np.random.default_rng(7).standard_normal((L, C))).astype(np.float32)
+
+
+class Oracle(nn.Module):
+  """A stand-in for the network that knows the answer: a fixed x0 (the same for every frame),
+  given in the parameterization asked for, with the KV-cache methods of VideoDiT."""
+
+  parameterization: str
+  num_timesteps: int
+  context_attends_video: bool = False
+
+  def __call__(self, x, t, labels=None):
+    x0 = jnp.broadcast_to(ORACLE_X0, x.shape)
+    sched = diffusion.make_schedule("linear", self.num_timesteps)
+    eps = diffusion.eps_from_x0(sched, x, t, x0)
+    return diffusion.target(sched, self.parameterization, x0, eps, t)
+
+  def context_kv(self, labels, batch_size):
+    kv = jnp.zeros((1, batch_size, 1, 1, 2))
+    return kv, kv
+
+  def decode(self, x, t, positions, kv_prefix, prefix_valid):
+    kv = jnp.zeros((1, x.shape[0], x.shape[1] * L, 1, 2))
+    return self(x, t), (kv, kv)
+
+
+@pytest.mark.parametrize("parameterization", diffusion.PARAMETERIZATIONS)
+@pytest.mark.parametrize("kv_cache", [False, True])
+def test_ddim_lands_on_the_oracle_x0(parameterization, kv_cache):
+  config = tiny_config(ar_step=2, eta=0.5)
+  config.diffusion.parameterization = parameterization
+  oracle = Oracle(parameterization, config.diffusion.num_timesteps)
+  sampler = sampling.make_sampler(
+      oracle, config, 12, kv_cache=kv_cache, max_branches=1, compiler_options=FAST
+  )
+  out = np.asarray(sampler({}, keys()))
+  expected = np.broadcast_to(ORACLE_X0, out.shape)
+  np.testing.assert_allclose(out, expected, atol=1e-5 if parameterization == "x0" else 1e-4)
