@@ -120,7 +120,9 @@ def get_default_config() -> mc.ConfigDict:
   c.eval = mc.ConfigDict()
   c.eval.num_videos = 2048
   c.eval.batch_size = 16
-  c.eval.split = "train"
+  c.eval.split = "train"  # real clips from the training split, as in the paper's FVD
+  c.eval.seed = 0
+  c.eval.num_videos_during_training = 64  # the small evaluation every eval_every_steps
   return c
 
 

@@ -47,9 +47,8 @@ def main(argv):
     from ardiff import generate  # pylint: disable=g-import-not-at-top
     generate.sample_and_save(config, _WORKDIR.value)
   else:
-    raise app.UsageError(
-        f"--mode={_MODE.value} is not available yet in this version: use --mode=train or sample."
-    )
+    from ardiff.evaluation import run  # pylint: disable=g-import-not-at-top
+    run.evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
