@@ -234,8 +234,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from ardiff import checkpoint, summaries  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from ardiff import checkpoint, generate, summaries  # pylint: disable=g-import-not-at-top
   from ardiff.data import pipeline  # pylint: disable=g-import-not-at-top
+  from ardiff.evaluation import run as run_eval  # pylint: disable=g-import-not-at-top
 
   check_config(config)
   mesh = sharding.make_mesh(config.mesh)
@@ -259,6 +262,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step_fn = make_train_step(config, mesh)
   model = build_model(config)
   preview_fn = jax.jit(functools.partial(reconstruct, config, model))
+  # Samples for the summaries: a few videos of config.sampling's length, no prefix.
+  preview_config = ml_collections.ConfigDict(config.to_dict())
+  preview_config.sampling.num_videos = preview_config.sampling.batch_size = 4
+  preview_config.sampling.prefix_frames = 0
 
   # Preemption (SIGTERM): finish the step in flight, save, exit cleanly.
   preempted = []
@@ -318,6 +325,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if config.sample_every_steps and (s % config.sample_every_steps == 0 or last):
         videos = np.asarray(jax.device_get(preview_fn(state["ema_params"], batch, preview_rng)))
         summaries.write_video(writer, s, "reconstructions", videos[:4], scale=2)
+        summaries.write_video(writer, s, "samples", generate.generate(
+            preview_config, state["ema_params"], preview_config.sampling.num_videos, progress=False
+        ), scale=2)
+      if config.eval_every_steps and (s % config.eval_every_steps == 0 or last):
+        metrics = run_eval.evaluate_params(
+            config, state["ema_params"], step=s,
+            num_videos=config.eval.num_videos_during_training, progress=False,
+        )
+        run_eval.write_metrics(workdir, metrics, writer)
+        if lead:
+          print(f"step {s}: FVD{metrics['num_frames']} {metrics['fvd']:.2f}", flush=True)
       if save_now:
         ckpt.save(s, state, data_iter, force=True)
       if stop:
