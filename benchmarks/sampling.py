@@ -1,0 +1,84 @@
+r"""Seconds per video and model evaluations of AD sampling, with and without the KV cache.
+
+  python benchmarks/sampling.py [--models=demo,paper] [--paper_depth=2] [--videos=4]
+
+Cases: 16 frames at ar_step 0, 5 and 50, and 128 frames at ar_step 5 (50 DDIM steps), each with
+kv_cache on and off, for the demo model and the paper's shape (hidden 1152, 16 heads, 16 x 32
+tokens x 4 channels) with --paper_depth layers. Random weights: the cost does not depend on
+them. "frames/call" is the mean number of frames one model call runs (the window without the
+cache). Compile time is reported apart from the run time.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ardiff import default_config  # noqa: E402
+from ardiff import sampling  # noqa: E402
+from ardiff.models import build_model  # noqa: E402
+from configs import demo  # noqa: E402
+
+_MODELS = flags.DEFINE_list("models", ["demo", "paper"], "Which models to time.")
+_PAPER_DEPTH = flags.DEFINE_integer("paper_depth", 2, "Layers of the paper-shape model.")
+_VIDEOS = flags.DEFINE_integer("videos", 4, "Videos per batch.")
+_CASES = flags.DEFINE_string("cases", "16:0,16:5,16:50,128:5", "frames:ar_step pairs.")
+
+
+def paper_config():
+  c = default_config.get_paper_config("synthetic", learning_rate=2e-4, grad_clip=1.0)
+  c.model.depth = _PAPER_DEPTH.value
+  c.model.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  return c
+
+
+def random_params(model, config):
+  """Weights ~ N(0, 1/fan_in) rather than the zero-initialised output of a fresh DiT."""
+  m = config.model
+  x = jnp.zeros((1, m.num_frames, m.tokens_per_frame, m.in_channels))
+  abstract = jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros((1, m.num_frames), jnp.int32))
+  leaves, tree = jax.tree.flatten(nn.unbox(abstract)["params"])
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  new = [jax.random.normal(k, a.shape, a.dtype) / np.sqrt(a.shape[0] if a.ndim > 1 else 50.0)
+         for k, a in zip(keys, leaves)]
+  return {"params": tree.unflatten(new)}
+
+
+def main(argv):
+  del argv
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {_VIDEOS.value} videos per batch")
+  print("| model | frames | ar_step | kv_cache | model calls | frames/call | compile s | s/video |")
+  print("|---|---|---|---|---|---|---|---|")
+  builders = {"demo": demo.get_config, "paper": paper_config}
+  for name in _MODELS.value:
+    config = builders[name]()
+    config.sampling.num_steps = 50
+    model = build_model(config)
+    params = random_params(model, config)
+    for case in _CASES.value.split(","):
+      frames, ar_step = (int(v) for v in case.split(":"))
+      for cache in (True, False):
+        config.sampling.ar_step = ar_step
+        config.sampling.kv_cache = cache
+        sampler = sampling.make_sampler(model, config, num_frames=frames)
+        keys = jax.random.split(jax.random.key(0), _VIDEOS.value)
+        t0 = time.perf_counter()
+        compiled = jax.jit(sampler.fn).lower(params, keys, None, None).compile()
+        t1 = time.perf_counter()
+        jax.block_until_ready(compiled(params, keys, None, None))
+        dt = (time.perf_counter() - t1) / _VIDEOS.value
+        print(f"| {name} | {frames} | {ar_step} | {'on' if cache else 'off'} |"
+              f" {sampler.num_model_calls} | {sampler.frames_per_call.mean():.1f} |"
+              f" {t1 - t0:.1f} | {dt:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
