@@ -3,6 +3,7 @@
 import inspect
 
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
@@ -20,3 +21,9 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   @classmethod
   def code_path(cls) -> epath.Path:
     return epath.Path(inspect.getfile(cls))
+
+
+def video_feature(num_frames: int, size: int) -> tfds.features.Tensor:
+  """uint8 frames [num_frames, size, size, 3], zlib-compressed (no TensorFlow needed to read)."""
+  return tfds.features.Tensor(
+      shape=(num_frames, size, size, 3), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)

@@ -81,9 +81,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
     return self.dataset_info_from_configs(
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            "video": tfds.features.Tensor(
-                shape=(NUM_FRAMES, SIZE, SIZE, 3), dtype=np.uint8,
-                encoding=tfds.features.Encoding.ZLIB),
+            "video": builder_base.video_feature(NUM_FRAMES, SIZE),
             "label": tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=("video", "label"),

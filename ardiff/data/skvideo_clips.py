@@ -59,9 +59,7 @@ class SkvideoClips(builder_base.ArrayRecordBuilder):
     return self.dataset_info_from_configs(
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            "video": tfds.features.Tensor(
-                shape=(NUM_FRAMES, SIZE, SIZE, 3), dtype=np.uint8,
-                encoding=tfds.features.Encoding.ZLIB),
+            "video": builder_base.video_feature(NUM_FRAMES, SIZE),
             "label": tfds.features.ClassLabel(names=VIDEOS),
             # Index of the clip's first frame in its source video (to check the time split).
             "start_frame": tfds.features.Scalar(dtype=np.int32),
