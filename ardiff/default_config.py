@@ -32,7 +32,7 @@ def get_default_config() -> mc.ConfigDict:
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_schedule = "linear"  # linear (LDM, the paper's) | cosine
   c.diffusion.parameterization = "x0"  # x0 (the paper's) | eps | v
-  c.diffusion.loss_weighting = "none"  # none | snr | min_snr | truncated_snr
+  c.diffusion.loss_weighting = "none"  # none | min_snr (Min-SNR-gamma, gamma 5)
 
   c.optimizer = mc.ConfigDict()
   c.optimizer.learning_rate = 2e-4

@@ -11,6 +11,7 @@ import os
 from absl import logging
 import imageio.v3 as iio
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import tqdm
@@ -37,7 +38,10 @@ def load_inference_params(config, workdir: str, mesh=None):
   finally:
     ckpt.close()
   if os.path.exists(os.path.join(workdir, "export", "params")):
-    params, _ = checkpoint.load_export(workdir)
+    if not config.sampling.use_ema:
+      logging.warning("sampling.use_ema=False, but the export holds only the EMA parameters.")
+    # Restored onto this run's mesh, whatever topology wrote the export.
+    params, _ = checkpoint.load_export(workdir, train.abstract_state(config, mesh)["ema_params"])
     return params, None
   raise FileNotFoundError(
       f"No checkpoint in {os.path.join(workdir, 'checkpoints')} and no export in"
@@ -70,6 +74,13 @@ def prefix_tokens(config, num_videos: int):
   k = config.sampling.prefix_frames
   if not k:
     return None, None
+  if k >= (config.sampling.num_frames or config.model.num_frames):
+    raise ValueError(f"sampling.prefix_frames={k} leaves no frame to generate.")
+  if k > config.num_frames:
+    raise ValueError(
+        f"sampling.prefix_frames={k} is longer than the training clips ({config.num_frames}"
+        " frames) that the prefixes are cut from."
+    )
   from ardiff.data import pipeline  # pylint: disable=g-import-not-at-top  (needs the dataset)
 
   clips, labels = pipeline.load_clips(config, config.sampling.prefix_split, num_videos,
@@ -99,6 +110,8 @@ def generate(config, params, num_videos: int, *, progress: bool = True) -> np.nd
         None if labels is None else jnp.asarray(labels[take]),
         None if prefix is None else jnp.asarray(prefix[take]),
     )
+    if not out.is_fully_addressable:  # sharded across hosts: every process gets all videos
+      out = multihost_utils.process_allgather(out, tiled=True)
     videos.append(tokens_to_video(config, out)[: len(idx)])
   return np.concatenate(videos)
 

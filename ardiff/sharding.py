@@ -108,6 +108,9 @@ def logical_shardings(abstract_boxed, mesh, rules):
 def global_batch(local: dict, config, mesh) -> dict:
   """Host-local numpy batch -> global jax arrays sharded along the batch axes."""
   return {
-      k: jax.make_array_from_process_local_data(batch_sharding(config, mesh, np.ndim(v)), v)
+      k: jax.make_array_from_process_local_data(
+          batch_sharding(config, mesh, np.ndim(v)), v,
+          global_shape=(config.global_batch_size,) + tuple(np.shape(v)[1:]),
+      )
       for k, v in local.items()
   }

@@ -39,8 +39,9 @@ def learning_rate(config, step):
 
 
 def ema_decay(config, step):
-  """EMA decay with the reference's warm-up: min(decay, (1 + n) / (10 + n))."""
-  n = step.astype(jnp.float32)
+  """EMA decay with the reference's warm-up: min(decay, (1 + n) / (10 + n)), n = updates made
+  including this one."""
+  n = step.astype(jnp.float32) + 1.0
   return jnp.minimum(config.optimizer.ema_decay, (1.0 + n) / (10.0 + n))
 
 
@@ -261,15 +262,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = int(state["step"])
   step_fn = make_train_step(config, mesh)
   model = build_model(config)
-  preview_fn = jax.jit(functools.partial(reconstruct, config, model))
+  # Replicated output: every process can read it (the batch itself is split across hosts).
+  preview_fn = jax.jit(functools.partial(reconstruct, config, model),
+                       out_shardings=sharding.replicated(mesh))
   # Samples for the summaries: a few videos of config.sampling's length, no prefix.
   preview_config = ml_collections.ConfigDict(config.to_dict())
   preview_config.sampling.num_videos = preview_config.sampling.batch_size = 4
   preview_config.sampling.prefix_frames = 0
 
-  # Preemption (SIGTERM): finish the step in flight, save, exit cleanly.
+  # Preemption (SIGTERM): finish the step in flight, save, exit cleanly. With several processes
+  # JAX's own preemption notifier (set up by jax.distributed.initialize) catches the signal and
+  # the processes agree on the step; a Python handler here would replace it.
   preempted = []
-  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  previous_handler = None
+  if jax.process_count() == 1:
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   history, scalars = [], {}
   t_last, s_last = time.time(), start
@@ -318,22 +325,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
         history[-3][1]["loss"].block_until_ready()
       report(s)
       last = s == config.num_train_steps
-      stop = bool(preempted)  # read once: the signal may arrive at any point below
+      if jax.process_count() > 1:
+        # Every process must stop at the same step: JAX's preemption sync point agrees on it.
+        stop = ckpt.manager.reached_preemption(s)
+      else:
+        stop = bool(preempted)  # read once: the signal may arrive at any point below
       save_now = last or stop or s % config.checkpoint_every_steps == 0
-      if save_now or s % config.log_every_steps == 0:
-        scalars = flush(s) or scalars  # a non-finite loss stops here, before any save
-      if config.sample_every_steps and (s % config.sample_every_steps == 0 or last):
+      sample_now = config.sample_every_steps and (s % config.sample_every_steps == 0 or last)
+      eval_now = config.eval_every_steps and (s % config.eval_every_steps == 0 or last)
+      if save_now or sample_now or eval_now or s % config.log_every_steps == 0:
+        # A non-finite loss stops here: before any save, sample or evaluation.
+        scalars = flush(s) or scalars
+      if sample_now:
         videos = np.asarray(jax.device_get(preview_fn(state["ema_params"], batch, preview_rng)))
         summaries.write_video(writer, s, "reconstructions", videos[:4], scale=2)
         summaries.write_video(writer, s, "samples", generate.generate(
             preview_config, state["ema_params"], preview_config.sampling.num_videos, progress=False
         ), scale=2)
-      if config.eval_every_steps and (s % config.eval_every_steps == 0 or last):
+      if eval_now:
         metrics = run_eval.evaluate_params(
             config, state["ema_params"], step=s,
             num_videos=config.eval.num_videos_during_training, progress=False,
         )
-        run_eval.write_metrics(workdir, metrics, writer)
+        run_eval.write_metrics(workdir, metrics, writer, name=f"metrics_step{s:08d}.json")
         if lead:
           print(f"step {s}: FVD{metrics['num_frames']} {metrics['fvd']:.2f}", flush=True)
       if save_now:
@@ -350,7 +364,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.wait()
     ckpt.close()
     writer.flush()
-    signal.signal(signal.SIGTERM, previous_handler)
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
     if hasattr(data_iter, "close"):
       data_iter.close()
   if lead:

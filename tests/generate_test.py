@@ -44,7 +44,8 @@ def test_training_summaries_hold_samples_and_fvd(trained):
   assert 2 in read_tensors(trained, "samples")
   fvd = read_tensors(trained, "eval/fvd")
   assert 2 in fvd and np.isfinite(float(fvd[2]))
-  with open(os.path.join(trained, "eval", "metrics.json")) as f:
+  # One file per evaluation during training: the full --mode=evaluate file stays its own.
+  with open(os.path.join(trained, "eval", "metrics_step00000002.json")) as f:
     assert json.load(f)["step"] == 2
 
 

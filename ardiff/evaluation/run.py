@@ -53,8 +53,10 @@ def evaluate_params(config, params, *, step=None, num_videos=None, progress=True
   return metrics
 
 
-def write_metrics(workdir: str, metrics: dict, writer=None) -> str:
-  path = os.path.join(workdir, "eval", "metrics.json")
+def write_metrics(workdir: str, metrics: dict, writer=None, name: str = "metrics.json") -> str:
+  """Writes workdir/eval/<name> (the evaluations during training use one file per step, so
+  that they never overwrite the full evaluation of --mode=evaluate)."""
+  path = os.path.join(workdir, "eval", name)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
