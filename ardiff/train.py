@@ -60,13 +60,27 @@ def model_inputs(config, batch) -> tuple[jax.Array, jax.Array | None]:
 
 
 def check_config(config):
+  """Errors that say what to change, before anything is built."""
+  from ardiff.data import datasets  # pylint: disable=g-import-not-at-top
+
+  latent = config.model.tokens_per_frame != (config.data.resolution // config.data.patch_size) ** 2
+  try:
+    datasets.check_available(config.data.name)
+  except NotImplementedError as e:
+    if latent:
+      raise NotImplementedError(
+          f"{e}\nThis config also trains on latent tokens ({config.model.tokens_per_frame} x"
+          f" {config.model.in_channels} per frame) of the frame autoencoder (stage 1), which is"
+          " not available yet either."
+      ) from e
+    raise
   m = config.model
   if m.num_frames != config.num_frames:
     raise ValueError(
         f"config.num_frames={config.num_frames} (clip length) differs from"
         f" config.model.num_frames={m.num_frames} (the model's window): set them equal."
     )
-  if config.model.tokens_per_frame != (config.data.resolution // config.data.patch_size) ** 2:
+  if latent:
     raise ValueError(
         "config.model.tokens_per_frame does not match data.resolution / data.patch_size:"
         " pixel-space training cuts frames into patches. Latent configs need the frame"

@@ -232,3 +232,8 @@ def test_config_errors_say_what_to_change(tfds_dir):
   c.data.name = "taichi"
   with pytest.raises(NotImplementedError, match="taichi"):
     train.train_and_evaluate(c, "/tmp/unused")
+  # The paper's configs name both missing pieces: the dataset and the frame autoencoder.
+  from configs import taichi  # noqa: PLC0415
+
+  with pytest.raises(NotImplementedError, match=r"(?s)manual download.*frame autoencoder"):
+    train.check_config(taichi.get_config())

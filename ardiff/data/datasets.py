@@ -43,7 +43,7 @@ def num_classes(name: str) -> int:
   Known also for the benchmarks that cannot be built yet, so that their configs can use it.
   """
   if name not in _NUM_CLASSES:
-    _check_name(name)  # Raises, listing the known names.
+    check_available(name)  # Raises, listing the known names.
   return _NUM_CLASSES[name]
 
 
@@ -65,7 +65,7 @@ def rebuild_command(name: str, data_dir: str | None) -> str:
 
 def build(name: str, data_dir: str | None = None, *, overwrite: bool = False):
   """(Re)builds a dataset and returns its prepared builder."""
-  _check_name(name)
+  check_available(name)
   path = dataset_dir(name, data_dir)
   if overwrite and os.path.exists(path):
     logging.info("Deleting %s to rebuild it.", path)
@@ -117,7 +117,8 @@ def _corrupt(name: str, data_dir: str | None, error: Exception,
       f"({type(error).__name__}: {error}). Rebuild it with:\n  {rebuild_command(name, data_dir)}")
 
 
-def _check_name(name: str):
+def check_available(name: str):
+  """Raises, saying what to do, unless `name` can be built here."""
   if name in BENCHMARKS:
     raise NotImplementedError(
         f"Dataset {name!r} is not available yet in this version of ardiff: it cannot be built "
