@@ -8,7 +8,7 @@ def get_config():
   c = default_config.get_default_config()
   c.num_frames = 16
   c.global_batch_size = 16
-  c.num_train_steps = 1500
+  c.num_train_steps = 4000  # about 33 minutes at 2 steps/s on 2 CPU cores
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.sample_every_steps = 500
