@@ -34,6 +34,10 @@ def _multiprocess() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # The console shows ardiff's own progress lines; --verbosity=0 brings back the INFO logs
+    # of clu, Orbax and TFDS.
+    logging.set_verbosity(logging.WARNING)
   if _multiprocess():
     # TPU pods detect themselves; GPU clusters through SLURM / Open MPI / JAX_COORDINATOR_*.
     jax.distributed.initialize()
