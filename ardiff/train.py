@@ -18,24 +18,23 @@ from ardiff.data import patches
 from ardiff.models import build_model
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def lr_schedule(config) -> optax.Schedule:
+  """Constant learning rate (the paper's), after an optional linear warm-up."""
   o = config.optimizer
   lr = optax.constant_schedule(o.learning_rate)
   if o.warmup_steps:
     lr = optax.join_schedules(
         [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps), lr], [o.warmup_steps]
     )
+  return lr
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  o = config.optimizer
   return optax.chain(
       optax.clip_by_global_norm(o.grad_clip),
-      optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
+      optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
   )
-
-
-def learning_rate(config, step):
-  o = config.optimizer
-  if o.warmup_steps:
-    return o.learning_rate * jnp.minimum(1.0, step / o.warmup_steps)
-  return jnp.asarray(o.learning_rate, jnp.float32)
 
 
 def ema_decay(config, step):
@@ -177,7 +176,7 @@ def train_step(config, model, tx, state, batch, rng):
       "loss": loss,
       "loss_by_frame": loss_by_frame,
       "grad_norm": optax.tree.norm(grads),
-      "learning_rate": learning_rate(config, step),
+      "learning_rate": jnp.asarray(lr_schedule(config)(step), jnp.float32),
   }
   return new_state, metrics
 
