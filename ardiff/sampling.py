@@ -33,31 +33,6 @@ from ardiff import timesteps
 # Host-side plans (numpy, static): the schedule with given prefix frames, and the cache plan.
 
 
-class SamplingSchedule(NamedTuple):
-  """timesteps.ADSchedule with the steps before the first call: num_steps for given frames.
-
-  steps int32 [R, F], window_start int32 [R] as in ADSchedule; initial int32 [F].
-  """
-
-  steps: np.ndarray
-  window_start: np.ndarray
-  initial: np.ndarray
-
-  @property
-  def num_calls(self) -> int:
-    return self.steps.shape[0]
-
-  @property
-  def previous(self) -> np.ndarray:
-    """[R, F]: the steps before each call."""
-    return np.concatenate([self.initial[None], self.steps[:-1]], axis=0)
-
-  @property
-  def updates(self) -> np.ndarray:
-    """bool [R, F]: frame f is denoised by one step in call r."""
-    return self.steps != self.previous
-
-
 def sampling_schedule(
     num_frames: int,
     window: int,
@@ -65,7 +40,7 @@ def sampling_schedule(
     num_steps: int,
     context_frames: int | None = None,
     prefix_frames: int = 0,
-) -> SamplingSchedule:
+) -> timesteps.ADSchedule:
   """The AD schedule of num_frames frames of which the first prefix_frames are given.
 
   Given frames count as finished from the start: the AD schedule of the remaining frames
@@ -78,15 +53,15 @@ def sampling_schedule(
   rest = timesteps.ad_schedule(
       num_frames - prefix_frames, window, ar_step, num_steps, context_frames
   )
-  initial = np.zeros(num_frames, np.int32)
   if prefix_frames == 0:
-    return SamplingSchedule(rest.steps, rest.window_start, initial)
+    return rest
+  initial = np.zeros(num_frames, np.int32)
   initial[:prefix_frames] = num_steps
   given = np.full((rest.num_calls, prefix_frames), num_steps, np.int32)
   steps = np.concatenate([given, rest.steps], axis=1)
   last_updated = prefix_frames + np.array([np.nonzero(u)[0].max() for u in rest.updates])
   start = np.clip(last_updated - window + 1, 0, max(num_frames - window, 0))
-  return SamplingSchedule(steps, start.astype(np.int32), initial)
+  return timesteps.ADSchedule(steps, start.astype(np.int32), initial)
 
 
 class CachePlan(NamedTuple):
@@ -116,7 +91,7 @@ class CachePlan(NamedTuple):
 
 
 def cache_plan(
-    schedule: SamplingSchedule | timesteps.ADSchedule, num_steps: int, max_branches: int = 4
+    schedule: timesteps.ADSchedule, num_steps: int, max_branches: int = 4
 ) -> CachePlan:
   """The cached path's work per call (see the module docstring).
 
@@ -200,7 +175,7 @@ class Sampler:
   """
 
   fn: Callable[..., jax.Array]
-  schedule: SamplingSchedule
+  schedule: timesteps.ADSchedule
   plan: CachePlan | None  # None: no KV cache, every call runs the whole window
   window: int
   guided: bool  # two passes (conditional, null label) per call when labels are given

@@ -129,12 +129,15 @@ class ADSchedule(NamedTuple):
   """Which frames the model denoises in each call, and where its window sits.
 
   steps: int32 [R, F]: after model call r, how many of num_steps DDIM steps each frame has
-    completed. Row -1 (before any call) is all zeros; the last row is all num_steps.
+    completed. The last row is all num_steps.
   window_start: int32 [R]: first frame of the window of `window` frames seen in call r.
+  initial: int32 [F] or None: the steps before the first call (None: all zeros; num_steps for
+    frames given in advance, e.g. the prefix of video prediction).
   """
 
   steps: np.ndarray
   window_start: np.ndarray
+  initial: np.ndarray | None = None
 
   @property
   def num_calls(self) -> int:
@@ -142,8 +145,9 @@ class ADSchedule(NamedTuple):
 
   @property
   def previous(self) -> np.ndarray:
-    """[R, F]: the steps before each call (row r - 1, zeros for r = 0)."""
-    return np.concatenate([np.zeros_like(self.steps[:1]), self.steps[:-1]], axis=0)
+    """[R, F]: the steps before each call (row r - 1; `initial` for r = 0)."""
+    first = np.zeros_like(self.steps[:1]) if self.initial is None else self.initial[None]
+    return np.concatenate([first, self.steps[:-1]], axis=0)
 
   @property
   def updates(self) -> np.ndarray:
