@@ -114,21 +114,22 @@ def _init_boxed(config, model, tx, rng):
   }
 
 
-def state_shardings(config, mesh, model=None, tx=None):
-  """The NamedSharding of every leaf of the train state, from the logical axis names."""
+def abstract_state(config, mesh, model=None, tx=None):
+  """ShapeDtypeStructs of the train state with their shardings (from the logical axis names):
+  the layout state is created in, and the target for restoring a checkpoint."""
   model = model or build_model(config)
   tx = tx or make_optimizer(config)
-  abstract = jax.eval_shape(functools.partial(_init_boxed, config, model, tx), jax.random.key(0))
+  boxed = jax.eval_shape(functools.partial(_init_boxed, config, model, tx), jax.random.key(0))
   with jax.set_mesh(mesh):
-    return sharding.logical_shardings(abstract, mesh, sharding.logical_rules(config))
+    shards = sharding.logical_shardings(boxed, mesh, sharding.logical_rules(config))
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shards
+  )
 
 
-def abstract_state(config, mesh):
-  """ShapeDtypeStructs with shardings: the target for restoring a checkpoint."""
-  model, tx = build_model(config), make_optimizer(config)
-  shards = state_shardings(config, mesh, model, tx)
-  shapes = nn.unbox(jax.eval_shape(functools.partial(_init_boxed, config, model, tx), jax.random.key(0)))
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shards)
+def state_shardings(config, mesh, model=None, tx=None):
+  """The NamedSharding of every leaf of the train state."""
+  return jax.tree.map(lambda a: a.sharding, abstract_state(config, mesh, model, tx))
 
 
 def create_train_state(config, mesh, rng):
