@@ -121,6 +121,12 @@ def get_default_config() -> mc.ConfigDict:
   c.eval.num_videos = 2048
   c.eval.batch_size = 16
   c.eval.split = "train"  # real clips from the training split, as in the paper's FVD
+  # Dataset of the real clips (None: data.name). Videos longer than data.name's stored clips need
+  # one with longer clips of the same videos, e.g. moving_digits_long (128 frames).
+  c.eval.data_name = mc.config_dict.placeholder(str)
+  # Where the I3D features of real clips are kept between evaluations (None: a folder
+  # fvd_real_features in the data dir); keyed by dataset, split, frames, resolution, count, seed.
+  c.eval.cache_dir = mc.config_dict.placeholder(str)
   c.eval.seed = 0
   c.eval.num_videos_during_training = 64  # the small evaluation every eval_every_steps
   return c

@@ -69,8 +69,10 @@ def sample_labels(config, num_videos: int) -> np.ndarray | None:
   return rng.integers(0, config.model.num_classes, num_videos).astype(np.int32)
 
 
-def prefix_tokens(config, num_videos: int):
-  """The first config.sampling.prefix_frames frames of real clips (video prediction), or None."""
+def prefix_clips(config, num_videos: int):
+  """The real clips whose first config.sampling.prefix_frames frames are given (video
+  prediction): uint8 [N, config.num_frames, H, W, 3] from sampling.prefix_split, and their labels.
+  (None, None) without prefix frames. The frames after the prefix are the true continuation."""
   k = config.sampling.prefix_frames
   if not k:
     return None, None
@@ -83,8 +85,16 @@ def prefix_tokens(config, num_videos: int):
     )
   from ardiff.data import pipeline  # pylint: disable=g-import-not-at-top  (needs the dataset)
 
-  clips, labels = pipeline.load_clips(config, config.sampling.prefix_split, num_videos,
-                                      seed=config.sampling.seed)
+  return pipeline.load_clips(config, config.sampling.prefix_split, num_videos,
+                             seed=config.sampling.seed)
+
+
+def prefix_tokens(config, num_videos: int):
+  """The given frames of prefix_clips as model tokens [N, prefix_frames, L, C], and labels."""
+  clips, labels = prefix_clips(config, num_videos)
+  if clips is None:
+    return None, None
+  k = config.sampling.prefix_frames
   tokens = patches.patchify(patches.to_model_input(jnp.asarray(clips[:, :k])), config.data.patch_size)
   return np.asarray(tokens), labels
 

@@ -31,5 +31,7 @@ def get_config():
   c.sampling.num_videos = 8
   c.sampling.batch_size = 8
   c.eval.num_videos = 128
+  # FVD on the 48-frame samples needs 48-frame real clips: moving_digits stores 32.
+  c.eval.data_name = "moving_digits_long"
   c.eval.batch_size = 16
   return c

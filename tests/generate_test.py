@@ -10,6 +10,7 @@ import pytest
 
 from ardiff import generate
 from ardiff import train
+from ardiff.evaluation import fvd
 from ardiff.evaluation import run as run_eval
 from configs import tiny
 
@@ -97,3 +98,82 @@ def test_evaluate_mode_writes_metrics(trained, tfds_dir):
   assert saved["num_videos"] == 4 and saved["num_frames"] == 12 and saved["step"] == 2
   assert saved["ar_step"] == config.sampling.ar_step
   assert np.isfinite(saved["fvd"]) and saved["fvd"] > 0
+  assert saved["real_dataset"] == "moving_digits"
+  # The real clips' features are kept in the data dir for the next evaluation.
+  path = run_eval.real_features_path(config, 4, 12)
+  assert path.startswith(os.path.join(tfds_dir, "fvd_real_features"))
+  assert np.load(path).shape == (4, 400)
+
+
+def test_evaluate_video_prediction(trained, tfds_dir):
+  from ardiff import evaluation  # noqa: PLC0415
+  from ardiff.data import pipeline  # noqa: PLC0415
+
+  config = tiny_config(tfds_dir)
+  config.sampling.prefix_frames = 2
+  config.eval.num_videos = 3
+  config.eval.batch_size = 2
+  params, step = generate.load_inference_params(config, trained)
+  metrics = run_eval.evaluate_params(config, params, step=step, progress=False)
+  assert metrics["prefix_split"] == "test" and np.isfinite(metrics["fvd"])
+  # The same videos (seeded) and the clips whose first 2 of 4 frames were given.
+  config.sampling.batch_size = 2
+  fake = generate.generate(config, params, 3, progress=False)
+  truth, _ = pipeline.load_clips(config, "test", 3, seed=config.sampling.seed)
+  assert metrics["prediction_frames"] == [2, 4]
+  a, b = fake[:, 2:4], truth[:, 2:4]
+  assert metrics["psnr"] == pytest.approx(evaluation.psnr(a, b).mean(), rel=1e-9)
+  assert metrics["ssim"] == pytest.approx(evaluation.ssim(a, b).mean(), rel=1e-6)
+  assert 0 < metrics["ssim"] < 1 and 0 < metrics["psnr"] < 60
+  assert metrics["lpips"] is None  # 16x16 frames: AlexNet needs 32x32
+
+  # At 32x32 all three: the true continuation itself scores perfectly, noise does not.
+  config.data.resolution = 32
+  truth, _ = pipeline.load_clips(config, "test", 3, seed=config.sampling.seed)
+  perfect = np.concatenate([truth, truth[:, :8]], axis=1)  # 12 generated frames, 4 compared
+  scores = run_eval.prediction_metrics(config, perfect)
+  assert scores["psnr"] == np.inf and scores["ssim"] == pytest.approx(1.0, abs=1e-6)
+  assert abs(scores["lpips"]) < 1e-6
+  noisy = np.clip(perfect + np.random.default_rng(0).normal(0, 20, perfect.shape), 0, 255)
+  scores = run_eval.prediction_metrics(config, noisy.astype(np.uint8))
+  assert 10 < scores["psnr"] < 40 and scores["ssim"] < 0.9 and scores["lpips"] > 0.01
+
+
+def test_real_features_are_cached(tfds_dir, tmp_path, monkeypatch):
+  config = tiny_config(tfds_dir)
+  config.eval.cache_dir = str(tmp_path)
+  first = run_eval.real_features(config, 2, 12, progress=False)
+  path = run_eval.real_features_path(config, 2, 12)
+  np.testing.assert_array_equal(np.load(path), first)
+  # Each setting that changes the real clips has a file of its own.
+  other = tiny_config(tfds_dir)
+  other.eval.cache_dir = str(tmp_path)
+  paths = {path, run_eval.real_features_path(other, 3, 12), run_eval.real_features_path(other, 2, 9)}
+  other.eval.seed, other.data.resolution = 1, 32
+  paths.add(run_eval.real_features_path(other, 2, 12))
+  other.eval.data_name = "moving_digits_long"
+  paths.add(run_eval.real_features_path(other, 2, 12))
+  assert len(paths) == 5
+
+  def no_i3d(*args, **kwargs):
+    raise AssertionError("the I3D ran although its features were in the cache")
+
+  with monkeypatch.context() as m:
+    m.setattr(fvd, "i3d_features", no_i3d)
+    np.testing.assert_array_equal(run_eval.real_features(config, 2, 12, progress=False), first)
+  # A damaged file is recomputed (the same features) and replaced.
+  with open(path, "wb") as f:
+    f.write(b"not a numpy file")
+  np.testing.assert_allclose(run_eval.real_features(config, 2, 12, progress=False), first,
+                             rtol=1e-6)
+  np.testing.assert_array_equal(np.load(path), first)
+
+
+def test_long_videos_take_real_clips_from_a_long_dataset(tfds_dir):
+  config = tiny_config(tfds_dir)
+  # moving_digits stores 32 frames: the message names the setting that helps.
+  with pytest.raises(ValueError, match="40 frames.*--config.eval.data_name.*moving_digits_long"):
+    run_eval.real_clips(config, 2, 40)
+  config.eval.data_name = "moving_digits_long"
+  clips = run_eval.real_clips(config, 2, 40)
+  assert clips.shape == (2, 40, 16, 16, 3) and clips.dtype == np.uint8

@@ -2,33 +2,114 @@
 
 Writes workdir/eval/metrics.json:
   {"fvd": ..., "num_videos": ..., "num_frames": ..., "ar_step": ..., "step": ..., ...}
-and TensorBoard scalars eval/fvd.
+(with prefix frames also "psnr", "ssim", "lpips" against the true continuation) and
+TensorBoard scalars eval/fvd.
 """
 
 import json
 import os
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
 from ardiff.evaluation import fvd
+from ardiff.evaluation import i3d
+from ardiff.evaluation import metrics as frame_metrics
+
+
+def real_data_name(config) -> str:
+  return config.eval.data_name or config.data.name
 
 
 def real_clips(config, num_videos: int, num_frames: int) -> np.ndarray:
   """num_videos real clips of num_frames frames from config.eval.split (uint8)."""
   from ardiff.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  c = ml_collections.ConfigDict(config.to_dict())  # a copy with its own clip length
+  c = ml_collections.ConfigDict(config.to_dict())  # a copy with its own clip length and data
   c.num_frames = num_frames
+  c.data.name = real_data_name(config)
   try:
     clips, _ = pipeline.load_clips(c, config.eval.split, num_videos, seed=config.eval.seed)
   except ValueError as e:
+    hint = ""
+    if not config.eval.data_name:
+      hint = (" Set --config.eval.data_name to a dataset with longer clips of the same videos"
+              f" (e.g. {config.data.name}_long), or sample fewer frames.")
     raise ValueError(
         f"FVD on {num_frames}-frame videos needs real clips of {num_frames} frames from"
-        f" {config.data.name}: {e}"
+        f" {c.data.name}: {e}{hint}"
     ) from e
   return clips
+
+
+def real_features_path(config, num_videos: int, num_frames: int) -> str:
+  """The cache file of the I3D features of the real clips that an evaluation compares with."""
+  from ardiff.data import datasets  # pylint: disable=g-import-not-at-top
+
+  name = real_data_name(config)
+  directory = config.eval.cache_dir or os.path.join(
+      datasets.resolve_data_dir(config.data.data_dir), "fvd_real_features")
+  version = datasets.BUILDERS[name].VERSION if name in datasets.BUILDERS else "unknown"
+  key = (f"{name}-{version}_{config.eval.split}_{num_frames}f_{config.data.resolution}px"
+         f"_stride{config.data.frame_stride}_n{num_videos}_seed{config.eval.seed}")
+  return os.path.join(directory, key + ".npy")
+
+
+def real_features(config, num_videos: int, num_frames: int, *, progress=True) -> np.ndarray:
+  """I3D features [num_videos, 400] of the real clips, read from the cache when there.
+
+  The real side of FVD is the same for every model evaluated on a dataset, and costs as much
+  as the generated side: it is computed once and kept (single-process runs; with several
+  processes every process computes it, so that none waits on a file another may not see).
+  """
+  use_cache = jax.process_count() == 1
+  path = real_features_path(config, num_videos, num_frames)
+  if use_cache and os.path.exists(path):
+    try:
+      features = np.load(path)
+      if features.shape == (num_videos, i3d.NUM_FEATURES) and np.isfinite(features).all():
+        return features
+      problem = f"shape {features.shape}, finite {np.isfinite(features).all()}"
+    except (OSError, ValueError) as e:
+      problem = f"{type(e).__name__}: {e}"
+    logging.warning("Recomputing the damaged real-feature cache %s (%s).", path, problem)
+  real = real_clips(config, num_videos, num_frames)
+  features = fvd.i3d_features(real, batch_size=config.eval.batch_size, progress=progress)
+  if use_cache:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, features)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+  return features
+
+
+def prediction_metrics(config, fake: np.ndarray) -> dict:
+  """Video prediction (sampling.prefix_frames > 0): PSNR, SSIM and LPIPS of the generated
+  frames after the prefix against the true continuation, the same real clips' next frames.
+
+  The clips that gave the prefixes hold config.num_frames frames, so the frames compared are
+  [prefix_frames, min(generated, config.num_frames)). Metrics the frame size does not allow
+  (SSIM below 11x11, LPIPS below 32x32) are None.
+  """
+  from ardiff import generate  # pylint: disable=g-import-not-at-top
+
+  truth, _ = generate.prefix_clips(config, len(fake))
+  begin, end = config.sampling.prefix_frames, min(fake.shape[1], truth.shape[1])
+  a, b = fake[:, begin:end], truth[:, begin:end]
+  size = min(a.shape[2:4])
+  batch = config.eval.batch_size
+  mean = lambda values: float(np.mean(values))
+  return {
+      "psnr": mean(frame_metrics.psnr(a, b, batch_size=batch)),
+      "ssim": mean(frame_metrics.ssim(a, b, batch_size=batch))
+              if size >= frame_metrics.SSIM_WINDOW else None,
+      "lpips": mean(frame_metrics.lpips(a, b, batch_size=batch))
+               if size >= frame_metrics.LPIPS_MIN_SIZE else None,
+      "prediction_frames": [int(begin), int(end)],
+      "prefix_split": config.sampling.prefix_split,
+  }
 
 
 def evaluate_params(config, params, *, step=None, num_videos=None, progress=True) -> dict:
@@ -39,17 +120,21 @@ def evaluate_params(config, params, *, step=None, num_videos=None, progress=True
   c = ml_collections.ConfigDict(config.to_dict())
   c.sampling.batch_size = config.eval.batch_size
   fake = generate.generate(c, params, n, progress=progress)
-  real = real_clips(config, n, fake.shape[1])
+  f_real = real_features(config, n, fake.shape[1], progress=progress)
+  f_fake = fvd.i3d_features(fake, batch_size=config.eval.batch_size, progress=progress)
   metrics = {
-      "fvd": fvd.compute_fvd(real, fake, batch_size=config.eval.batch_size, progress=progress),
+      "fvd": fvd.fvd_from_features(f_real, f_fake),
       "num_videos": int(n),
       "num_frames": int(fake.shape[1]),
       "ar_step": int(config.sampling.ar_step),
       "num_steps": int(config.sampling.num_steps),
       "step": None if step is None else int(step),
       "dataset": config.data.name,
+      "real_dataset": real_data_name(config),
       "split": config.eval.split,
   }
+  if config.sampling.prefix_frames:
+    metrics.update(prediction_metrics(config, fake))
   return metrics
 
 
@@ -62,7 +147,9 @@ def write_metrics(workdir: str, metrics: dict, writer=None, name: str = "metrics
     with open(path, "w") as f:
       json.dump(metrics, f, indent=2)
   if writer is not None and metrics.get("step") is not None:
-    writer.write_scalars(metrics["step"], {"eval/fvd": metrics["fvd"]})
+    scalars = {f"eval/{k}": metrics[k] for k in ("fvd", "psnr", "ssim", "lpips")
+               if metrics.get(k) is not None}
+    writer.write_scalars(metrics["step"], scalars)
     writer.flush()
   return path
 
@@ -77,6 +164,10 @@ def evaluate(config, workdir: str) -> dict:
   metrics = evaluate_params(config, params, step=step)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   path = write_metrics(workdir, metrics, writer)
-  print(f"FVD{metrics['num_frames']} = {metrics['fvd']:.2f} over {metrics['num_videos']} videos"
-        f" (ar_step {metrics['ar_step']}); wrote {path}", flush=True)
+  line = (f"FVD{metrics['num_frames']} = {metrics['fvd']:.2f} over {metrics['num_videos']} videos"
+          f" (ar_step {metrics['ar_step']})")
+  for name in ("psnr", "ssim", "lpips"):
+    if metrics.get(name) is not None:
+      line += f", {name.upper()} {metrics[name]:.4f}"
+  print(f"{line}; wrote {path}", flush=True)
   return metrics
