@@ -10,11 +10,14 @@ same budget (experiments/compare_samplers_config.py), then evaluates with its EM
     48-frame real clips of <dataset>_long (the same videos, longer clips).
 Every FVD compares config.eval.num_videos generated videos with the same real training clips
 (their I3D features are computed once per dataset and length, then read from the cache).
+Then two yardsticks per dataset, to tell which differences matter: the FopP model sampled again
+with another seed, and FVD between two draws of real clips (the floor at this number of videos).
 
 It resumes: training continues from the last checkpoint, and evaluations whose file exists are
 skipped. Writes, under --workdir:
   <dataset>/<sampler>/                 the run (checkpoints, TensorBoard, export)
   <dataset>/<sampler>/eval/study_<name>.json  one file per evaluation (metrics.json's schema)
+  <dataset>/fopp/eval/study_<name>_seed1.json, <dataset>/real_vs_real/eval/study_<name>.json
   results.json, results.md             every finished evaluation, as a table
 Each cell equals `python -m ardiff.main --mode=evaluate` with the same config (the command is
 in results.md), whose eval/metrics.json it would overwrite; hence its own file names here.
@@ -36,6 +39,7 @@ import ml_collections  # noqa: E402
 from ardiff import generate  # noqa: E402
 from ardiff import timesteps  # noqa: E402
 from ardiff import train  # noqa: E402
+from ardiff.evaluation import fvd  # noqa: E402
 from ardiff.evaluation import run as run_eval  # noqa: E402
 from experiments import compare_samplers_config  # noqa: E402
 
@@ -56,6 +60,8 @@ _SAMPLERS = flags.DEFINE_list("samplers", list(SAMPLERS), "Training timestep sam
 _EVALS = flags.DEFINE_list("evaluations", list(EVALUATIONS), "Evaluations of each run.")
 _STEPS = flags.DEFINE_integer("num_train_steps", None, "Training steps (default: the config's).")
 _VIDEOS = flags.DEFINE_integer("num_videos", None, "Videos per FVD (default: the config's).")
+_REFERENCES = flags.DEFINE_bool(
+    "references", True, "Also evaluate the yardsticks: FopP with sampling seed 1, real vs. real.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -78,25 +84,40 @@ def eval_config(config, name: str) -> ml_collections.ConfigDict:
   return c
 
 
-def command(dataset: str, sampler: str, name: str, workdir: str) -> str:
+def command(dataset: str, sampler: str, name: str, workdir: str, seed: int = 0) -> str:
   """The ardiff.main command that computes the same evaluation."""
   frames, ar_step, long = EVALUATIONS[name]
   flags_ = [f"--config.sampling.num_frames={frames}", f"--config.sampling.ar_step={ar_step}"]
   if long:
     flags_.append(f"--config.eval.data_name={dataset}_long")
+  if seed:
+    flags_.append(f"--config.sampling.seed={seed}")
   return (f"python -m ardiff.main --mode=evaluate --config={CONFIG_FILE}:{dataset},{sampler}"
           f" --workdir={os.path.join(workdir, dataset, sampler)} " + " ".join(flags_))
+
+
+# Table rows: (label, folder under <workdir>/<dataset>, suffix of the evaluation files). The last
+# two are yardsticks for reading the others: the same FopP model sampled with other seeds (the
+# spread of one model's FVD estimate), and two draws of real clips (the floor at this N).
+ROWS = [(s, s, "") for s in SAMPLERS] + [
+    ("fopp, sampling seed 1", "fopp", "_seed1"),
+    ("real vs. real clips", "real_vs_real", ""),
+]
+
+
+def result_path(workdir: str, dataset: str, folder: str, name: str, suffix: str = "") -> str:
+  return os.path.join(workdir, dataset, folder, "eval", f"study_{name}{suffix}.json")
 
 
 def collect(workdir: str) -> list[dict]:
   rows = []
   for dataset in compare_samplers_config.DATASETS:
-    for sampler in SAMPLERS:
+    for label, folder, suffix in ROWS:
       for name in EVALUATIONS:
-        path = os.path.join(workdir, dataset, sampler, "eval", f"study_{name}.json")
+        path = result_path(workdir, dataset, folder, name, suffix)
         if os.path.exists(path):
           with open(path) as f:
-            rows.append({"dataset": dataset, "sampler": sampler, "evaluation": name,
+            rows.append({"dataset": dataset, "sampler": label, "evaluation": name,
                          **json.load(f)})
   return rows
 
@@ -114,18 +135,54 @@ def write_tables(workdir: str) -> str:
     lines += [f"### {dataset}", "",
               "| training sampler | " + " | ".join(EVALUATIONS) + " | steps |",
               "|---|" + "---|" * (len(EVALUATIONS) + 1)]
-    for sampler in SAMPLERS:
-      got = [cell.get((dataset, sampler, n)) for n in EVALUATIONS]
+    for label, _, _ in ROWS:
+      got = [cell.get((dataset, label, n)) for n in EVALUATIONS]
       if not any(got):
         continue
       steps = next(g["step"] for g in got if g)
-      lines.append(f"| {sampler} | " + " | ".join(
-          f"{g['fvd']:.1f}" if g else "" for g in got) + f" | {steps} |")
+      lines.append(f"| {label} | " + " | ".join(
+          f"{g['fvd']:.1f}" if g else "" for g in got) + f" | {'' if steps is None else steps} |")
     lines.append("")
   path = os.path.join(workdir, "results.md")
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path
+
+
+def _write(path: str, metrics: dict):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(metrics, f, indent=2)
+
+
+def evaluate_once(config, params, step, out: str, command_line: str, label: str):
+  """One evaluation into `out`, skipped if that file exists (the study resumes)."""
+  if os.path.exists(out):
+    return
+  start = time.time()
+  metrics = run_eval.evaluate_params(config, params, step=step, progress=False)
+  metrics["seconds"] = round(time.time() - start, 1)
+  metrics["command"] = command_line
+  _write(out, metrics)
+  print(f"=== {label}: {metrics['fvd']:.2f} ({metrics['seconds']:.0f} s)", flush=True)
+
+
+def real_vs_real(config, name: str, out: str):
+  """FVD between the real clips every model is compared with (eval.seed 0) and another draw
+  (eval.seed 1) of the same size: what a model that reproduced the data exactly would get."""
+  if os.path.exists(out):
+    return
+  c = eval_config(config, name)
+  frames, n = c.sampling.num_frames, c.eval.num_videos
+  features = run_eval.real_features(c, n, frames, progress=False)
+  c.eval.seed = 1
+  other = run_eval.real_features(c, n, frames, progress=False)
+  metrics = {"fvd": fvd.fvd_from_features(features, other), "num_videos": n,
+             "num_frames": frames, "ar_step": None, "step": None,
+             "dataset": config.data.name, "real_dataset": run_eval.real_data_name(c),
+             "split": c.eval.split, "eval_seeds": [0, 1]}
+  _write(out, metrics)
+  print(f"=== {config.data.name} / real vs. real: {name} = {metrics['fvd']:.2f}", flush=True)
 
 
 def main(argv):
@@ -151,17 +208,22 @@ def main(argv):
       print(f"=== {dataset} / {sampler}: trained in {time.time() - start:.0f} s", flush=True)
       params, step = generate.load_inference_params(config, run_dir)
       for name in _EVALS.value:
-        out = os.path.join(run_dir, "eval", f"study_{name}.json")
-        if os.path.exists(out):
-          continue
-        start = time.time()
-        metrics = run_eval.evaluate_params(eval_config(config, name), params, step=step,
-                                           progress=False)
-        metrics["seconds"] = round(time.time() - start, 1)
-        metrics["command"] = command(dataset, sampler, name, workdir)
-        run_eval.write_metrics(run_dir, metrics, name=os.path.basename(out))
-        print(f"=== {dataset} / {sampler}: {name} = {metrics['fvd']:.2f}"
-              f" ({metrics['seconds']:.0f} s)", flush=True)
+        evaluate_once(eval_config(config, name), params, step,
+                      result_path(workdir, dataset, sampler, name),
+                      command(dataset, sampler, name, workdir), f"{dataset} / {sampler}: {name}")
+        write_tables(workdir)
+  # The yardsticks, once every run is evaluated.
+  for dataset in _DATASETS.value:
+    config = run_config(dataset, "fopp")
+    if _REFERENCES.value and "fopp" in _SAMPLERS.value:
+      params, step = generate.load_inference_params(config, os.path.join(workdir, dataset, "fopp"))
+      for name in _EVALS.value:
+        c = eval_config(config, name)
+        c.sampling.seed = 1
+        evaluate_once(c, params, step, result_path(workdir, dataset, "fopp", name, "_seed1"),
+                      command(dataset, "fopp", name, workdir, seed=1),
+                      f"{dataset} / fopp, sampling seed 1: {name}")
+        real_vs_real(config, name, result_path(workdir, dataset, "real_vs_real", name))
         write_tables(workdir)
   print(f"Results: {write_tables(workdir)}", flush=True)
 

