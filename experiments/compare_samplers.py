@@ -19,6 +19,7 @@ skipped. Writes, under --workdir:
   <dataset>/<sampler>/eval/study_<name>.json  one file per evaluation (metrics.json's schema)
   <dataset>/fopp/eval/study_<name>_seed1.json, <dataset>/real_vs_real/eval/study_<name>.json
   results.json, results.md             every finished evaluation, as a table
+  <dataset>_samples.png                48-frame samples of each run, side by side
 Each cell equals `python -m ardiff.main --mode=evaluate` with the same config (the command is
 in results.md), whose eval/metrics.json it would overwrite; hence its own file names here.
 """
@@ -35,10 +36,12 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
 
 from ardiff import generate  # noqa: E402
 from ardiff import timesteps  # noqa: E402
 from ardiff import train  # noqa: E402
+from ardiff import video_io  # noqa: E402
 from ardiff.evaluation import fvd  # noqa: E402
 from ardiff.evaluation import run as run_eval  # noqa: E402
 from experiments import compare_samplers_config  # noqa: E402
@@ -185,6 +188,38 @@ def real_vs_real(config, name: str, out: str):
   print(f"=== {config.data.name} / real vs. real: {name} = {metrics['fvd']:.2f}", flush=True)
 
 
+def sample_figure(workdir: str, dataset: str, samplers, videos_per_sampler: int = 2) -> str:
+  """<workdir>/<dataset>_samples.png: per training sampler, videos of the long evaluation (48
+  frames at ar_step 5, sampling seed 0), one per row as 12 evenly spaced frames, labelled."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+
+  name = next(n for n, (_, _, long) in EVALUATIONS.items() if long)
+  rows = []
+  for sampler in samplers:
+    config = eval_config(run_config(dataset, sampler), name)
+    params, _ = generate.load_inference_params(config, os.path.join(workdir, dataset, sampler))
+    videos = generate.generate(config, params, videos_per_sampler, progress=False)  # [N, F, H, W, 3]
+    cols = np.linspace(0, videos.shape[1] - 1, 12).round().astype(int)
+    strip = np.concatenate([np.concatenate(list(v[cols]), axis=1) for v in videos], axis=0)
+    rows.append((sampler, video_io.upscale(strip, 2)))
+  margin, gap = 130, 4
+  width = margin + rows[0][1].shape[1]
+  height = sum(r.shape[0] + gap for _, r in rows) + 16
+  image = Image.new("RGB", (width, height), "white")
+  draw = ImageDraw.Draw(image)
+  frames = EVALUATIONS[name][0]
+  draw.text((margin, 2), f"{dataset}: {frames}-frame videos (ar_step {EVALUATIONS[name][1]}),"
+            f" frames {', '.join(str(c) for c in cols)}", fill="black")
+  y = 16
+  for sampler, strip in rows:
+    image.paste(Image.fromarray(strip), (margin, y))
+    draw.text((4, y + strip.shape[0] // 2 - 6), sampler, fill="black")
+    y += strip.shape[0] + gap
+  path = os.path.join(workdir, f"{dataset}_samples.png")
+  image.save(path)
+  return path
+
+
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -225,6 +260,7 @@ def main(argv):
                       f"{dataset} / fopp, sampling seed 1: {name}")
         real_vs_real(config, name, result_path(workdir, dataset, "real_vs_real", name))
         write_tables(workdir)
+    print(f"Samples: {sample_figure(workdir, dataset, _SAMPLERS.value)}", flush=True)
   print(f"Results: {write_tables(workdir)}", flush=True)
 
 
