@@ -10,14 +10,16 @@ same budget (experiments/compare_samplers_config.py), then evaluates with its EM
     48-frame real clips of <dataset>_long (the same videos, longer clips).
 Every FVD compares config.eval.num_videos generated videos with the same real training clips
 (their I3D features are computed once per dataset and length, then read from the cache).
-Then two yardsticks per dataset, to tell which differences matter: the FopP model sampled again
-with another seed, and FVD between two draws of real clips (the floor at this number of videos).
+Then yardsticks, to tell which differences matter: per dataset the FopP model sampled again with
+another seed and FVD between two draws of real clips (the floor at this number of videos), and
+second training runs (training seed 1) of some samplers (--replicate_samplers/_datasets).
 
 It resumes: training continues from the last checkpoint, and evaluations whose file exists are
 skipped. Writes, under --workdir:
   <dataset>/<sampler>/                 the run (checkpoints, TensorBoard, export)
   <dataset>/<sampler>/eval/study_<name>.json  one file per evaluation (metrics.json's schema)
   <dataset>/fopp/eval/study_<name>_seed1.json, <dataset>/real_vs_real/eval/study_<name>.json
+  <dataset>/<sampler>_seed1/           a second training run
   results.json, results.md             every finished evaluation, as a table
   <dataset>_samples.png                48-frame samples of each run, side by side
 Each cell equals `python -m ardiff.main --mode=evaluate` with the same config (the command is
@@ -65,11 +67,21 @@ _STEPS = flags.DEFINE_integer("num_train_steps", None, "Training steps (default:
 _VIDEOS = flags.DEFINE_integer("num_videos", None, "Videos per FVD (default: the config's).")
 _REFERENCES = flags.DEFINE_bool(
     "references", True, "Also evaluate the yardsticks: FopP with sampling seed 1, real vs. real.")
+_REPLICATE_SAMPLERS = flags.DEFINE_list(
+    "replicate_samplers", ["autoregressive", "fopp"],
+    "Samplers trained once more with training seed 1 (another init, data order and noise).")
+_REPLICATE_DATASETS = flags.DEFINE_list(
+    "replicate_datasets", ["moving_digits"], "Datasets of those second training runs.")
 flags.mark_flag_as_required("workdir")
 
 
-def run_config(dataset: str, sampler: str) -> ml_collections.ConfigDict:
+def run_folder(sampler: str, seed: int = 0) -> str:
+  return sampler if not seed else f"{sampler}_seed{seed}"
+
+
+def run_config(dataset: str, sampler: str, seed: int = 0) -> ml_collections.ConfigDict:
   c = compare_samplers_config.get_config(f"{dataset},{sampler}")
+  c.seed = seed
   if _STEPS.value:
     c.num_train_steps = c.sample_every_steps = _STEPS.value
   if _VIDEOS.value:
@@ -87,8 +99,10 @@ def eval_config(config, name: str) -> ml_collections.ConfigDict:
   return c
 
 
-def command(dataset: str, sampler: str, name: str, workdir: str, seed: int = 0) -> str:
-  """The ardiff.main command that computes the same evaluation."""
+def command(dataset: str, sampler: str, name: str, workdir: str, seed: int = 0,
+            folder: str | None = None) -> str:
+  """The ardiff.main command that computes the same evaluation (sampling seed `seed`) of the
+  run in <workdir>/<dataset>/<folder>."""
   frames, ar_step, long = EVALUATIONS[name]
   flags_ = [f"--config.sampling.num_frames={frames}", f"--config.sampling.ar_step={ar_step}"]
   if long:
@@ -96,13 +110,15 @@ def command(dataset: str, sampler: str, name: str, workdir: str, seed: int = 0) 
   if seed:
     flags_.append(f"--config.sampling.seed={seed}")
   return (f"python -m ardiff.main --mode=evaluate --config={CONFIG_FILE}:{dataset},{sampler}"
-          f" --workdir={os.path.join(workdir, dataset, sampler)} " + " ".join(flags_))
+          f" --workdir={os.path.join(workdir, dataset, folder or sampler)} " + " ".join(flags_))
 
 
-# Table rows: (label, folder under <workdir>/<dataset>, suffix of the evaluation files). The last
-# two are yardsticks for reading the others: the same FopP model sampled with other seeds (the
-# spread of one model's FVD estimate), and two draws of real clips (the floor at this N).
+# Table rows: (label, folder under <workdir>/<dataset>, suffix of the evaluation files). The
+# others are yardsticks for reading the first four: second training runs (the spread between
+# training runs), the FopP model sampled with another seed (the spread of one model's FVD
+# estimate), and two draws of real clips (the floor at this number of videos).
 ROWS = [(s, s, "") for s in SAMPLERS] + [
+    (f"{s}, training seed 1", run_folder(s, 1), "") for s in SAMPLERS] + [
     ("fopp, sampling seed 1", "fopp", "_seed1"),
     ("real vs. real clips", "real_vs_real", ""),
 ]
@@ -220,6 +236,24 @@ def sample_figure(workdir: str, dataset: str, samplers, videos_per_sampler: int 
   return path
 
 
+def train_and_evaluate(workdir: str, dataset: str, sampler: str, seed: int):
+  """Trains one run (or resumes it) and computes its missing evaluations."""
+  config = run_config(dataset, sampler, seed)
+  folder = run_folder(sampler, seed)
+  run_dir = os.path.join(workdir, dataset, folder)
+  label = f"{dataset} / {folder}"
+  print(f"=== {label}: training {config.num_train_steps} steps in {run_dir}", flush=True)
+  start = time.time()
+  train.train_and_evaluate(config, run_dir)
+  print(f"=== {label}: trained in {time.time() - start:.0f} s", flush=True)
+  params, step = generate.load_inference_params(config, run_dir)
+  for name in _EVALS.value:
+    evaluate_once(eval_config(config, name), params, step,
+                  result_path(workdir, dataset, folder, name),
+                  command(dataset, sampler, name, workdir, folder=folder), f"{label}: {name}")
+    write_tables(workdir)
+
+
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -229,28 +263,17 @@ def main(argv):
   for name in _EVALS.value:
     if name not in EVALUATIONS:
       raise app.UsageError(f"Unknown evaluation {name!r}: use {list(EVALUATIONS)}.")
-  for sampler in _SAMPLERS.value:
+  for sampler in _SAMPLERS.value + _REPLICATE_SAMPLERS.value:
     if sampler not in timesteps.TRAIN_SAMPLERS:
       raise app.UsageError(f"Unknown sampler {sampler!r}: use {timesteps.TRAIN_SAMPLERS}.")
   for dataset in _DATASETS.value:
     for sampler in _SAMPLERS.value:
-      config = run_config(dataset, sampler)
-      run_dir = os.path.join(workdir, dataset, sampler)
-      print(f"=== {dataset} / {sampler}: training {config.num_train_steps} steps in {run_dir}",
-            flush=True)
-      start = time.time()
-      train.train_and_evaluate(config, run_dir)
-      print(f"=== {dataset} / {sampler}: trained in {time.time() - start:.0f} s", flush=True)
-      params, step = generate.load_inference_params(config, run_dir)
-      for name in _EVALS.value:
-        evaluate_once(eval_config(config, name), params, step,
-                      result_path(workdir, dataset, sampler, name),
-                      command(dataset, sampler, name, workdir), f"{dataset} / {sampler}: {name}")
-        write_tables(workdir)
-  # The yardsticks, once every run is evaluated.
+      train_and_evaluate(workdir, dataset, sampler, 0)
+  # The yardsticks, once every run is evaluated: sampling noise and the real-data floor first
+  # (cheap), then the second training runs (another 30 minutes each).
   for dataset in _DATASETS.value:
-    config = run_config(dataset, "fopp")
     if _REFERENCES.value and "fopp" in _SAMPLERS.value:
+      config = run_config(dataset, "fopp")
       params, step = generate.load_inference_params(config, os.path.join(workdir, dataset, "fopp"))
       for name in _EVALS.value:
         c = eval_config(config, name)
@@ -260,9 +283,12 @@ def main(argv):
                       f"{dataset} / fopp, sampling seed 1: {name}")
         real_vs_real(config, name, result_path(workdir, dataset, "real_vs_real", name))
         write_tables(workdir)
+  for dataset in _REPLICATE_DATASETS.value:
+    for sampler in _REPLICATE_SAMPLERS.value:
+      train_and_evaluate(workdir, dataset, sampler, 1)
+  for dataset in _DATASETS.value:
     print(f"Samples: {sample_figure(workdir, dataset, _SAMPLERS.value)}", flush=True)
   print(f"Results: {write_tables(workdir)}", flush=True)
-
 
 if __name__ == "__main__":
   app.run(main)

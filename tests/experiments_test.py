@@ -43,8 +43,12 @@ def test_evaluations():
   assert {f for f, _, _ in compare_samplers.EVALUATIONS.values()} == {trained, 3 * trained}
   assert {s for _, s, _ in compare_samplers.EVALUATIONS.values()} == {0, 5, 50}
   with flagsaver.flagsaver(num_train_steps=7, num_videos=3):
-    config = compare_samplers.run_config("moving_digits", "fopp")
-  assert config.num_train_steps == 7 and config.eval.num_videos == 3
+    config = compare_samplers.run_config("moving_digits", "fopp", seed=1)
+  assert config.num_train_steps == 7 and config.eval.num_videos == 3 and config.seed == 1
+  command = compare_samplers.command("moving_digits", "fopp", "fvd16_ar5", "/w", seed=2,
+                                     folder=compare_samplers.run_folder("fopp", 1))
+  assert "--workdir=/w/moving_digits/fopp_seed1 " in command
+  assert command.endswith("--config.sampling.seed=2")
 
 
 def test_tables(tmp_path):
