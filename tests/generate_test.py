@@ -137,6 +137,11 @@ def test_evaluate_video_prediction(trained, tfds_dir):
   noisy = np.clip(perfect + np.random.default_rng(0).normal(0, 20, perfect.shape), 0, 255)
   scores = run_eval.prediction_metrics(config, noisy.astype(np.uint8))
   assert 10 < scores["psnr"] < 40 and scores["ssim"] < 0.9 and scores["lpips"] > 0.01
+  # Prefixes that are whole stored clips leave no true continuation: no scores, not NaN.
+  config.sampling.prefix_frames = config.num_frames
+  scores = run_eval.prediction_metrics(config, perfect)
+  assert scores["prediction_frames"] == [4, 4]
+  assert scores["psnr"] is None and scores["ssim"] is None and scores["lpips"] is None
 
 
 def test_real_features_are_cached(tfds_dir, tmp_path, monkeypatch):
@@ -169,11 +174,20 @@ def test_real_features_are_cached(tfds_dir, tmp_path, monkeypatch):
   np.testing.assert_array_equal(np.load(path), first)
 
 
-def test_long_videos_take_real_clips_from_a_long_dataset(tfds_dir):
+def test_long_videos_take_real_clips_from_a_long_dataset(tfds_dir, monkeypatch):
   config = tiny_config(tfds_dir)
   # moving_digits stores 32 frames: the message names the setting that helps.
   with pytest.raises(ValueError, match="40 frames.*--config.eval.data_name.*moving_digits_long"):
     run_eval.real_clips(config, 2, 40)
+  # --mode=evaluate says so before it spends minutes generating videos.
+  config.sampling.num_frames = 40
+
+  def no_generation(*args, **kwargs):
+    raise AssertionError("videos were generated before the real clips were checked")
+
+  monkeypatch.setattr(generate, "generate", no_generation)
+  with pytest.raises(ValueError, match="--config.eval.data_name"):
+    run_eval.evaluate_params(config, None, num_videos=2, progress=False)
   config.eval.data_name = "moving_digits_long"
   clips = run_eval.real_clips(config, 2, 40)
   assert clips.shape == (2, 40, 16, 16, 3) and clips.dtype == np.uint8

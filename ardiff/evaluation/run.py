@@ -95,8 +95,16 @@ def prediction_metrics(config, fake: np.ndarray) -> dict:
   """
   from ardiff import generate  # pylint: disable=g-import-not-at-top
 
+  begin = config.sampling.prefix_frames
+  if begin >= config.num_frames:  # the prefix is the whole stored clip: nothing to compare with
+    logging.warning(
+        "No true continuation: the prefixes (%d frames) are whole %d-frame training clips, so"
+        " PSNR/SSIM/LPIPS are not computed. Use fewer prefix frames to score prediction.",
+        begin, config.num_frames)
+    return {"psnr": None, "ssim": None, "lpips": None, "prediction_frames": [begin, begin],
+            "prefix_split": config.sampling.prefix_split}
   truth, _ = generate.prefix_clips(config, len(fake))
-  begin, end = config.sampling.prefix_frames, min(fake.shape[1], truth.shape[1])
+  end = min(fake.shape[1], truth.shape[1])
   a, b = fake[:, begin:end], truth[:, begin:end]
   size = min(a.shape[2:4])
   batch = config.eval.batch_size
@@ -119,8 +127,11 @@ def evaluate_params(config, params, *, step=None, num_videos=None, progress=True
   n = num_videos or config.eval.num_videos
   c = ml_collections.ConfigDict(config.to_dict())
   c.sampling.batch_size = config.eval.batch_size
+  # The real side first: a missing dataset or clips too short fail before minutes of sampling.
+  frames = config.sampling.num_frames or config.model.num_frames
+  f_real = real_features(config, n, frames, progress=progress)
   fake = generate.generate(c, params, n, progress=progress)
-  f_real = real_features(config, n, fake.shape[1], progress=progress)
+  assert fake.shape[1] == frames, (fake.shape, frames)
   f_fake = fvd.i3d_features(fake, batch_size=config.eval.batch_size, progress=progress)
   metrics = {
       "fvd": fvd.fvd_from_features(f_real, f_fake),
