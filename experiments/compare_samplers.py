@@ -69,6 +69,9 @@ _STEPS = flags.DEFINE_integer("num_train_steps", None, "Training steps (default:
 _VIDEOS = flags.DEFINE_integer("num_videos", None, "Videos per FVD (default: the config's).")
 _REFERENCES = flags.DEFINE_bool(
     "references", True, "Also evaluate the yardsticks: FopP with sampling seed 1, real vs. real.")
+_REFERENCE_KINDS = flags.DEFINE_list(
+    "reference_kinds", ["sampling_seed", "real_vs_real"],
+    "Which yardsticks --references computes (the sampling-seed one costs a run's evaluations).")
 _REPLICATE_SAMPLERS = flags.DEFINE_list(
     "replicate_samplers", ["autoregressive", "fopp"],
     "Samplers trained once more with training seed 1 (another init, data order and noise).")
@@ -304,17 +307,27 @@ def main(argv):
   for name in _EVALS.value:
     if name not in EVALUATIONS:
       raise app.UsageError(f"Unknown evaluation {name!r}: use {list(EVALUATIONS)}.")
+  for kind in _REFERENCE_KINDS.value:
+    if kind not in ("sampling_seed", "real_vs_real"):
+      raise app.UsageError(f"Unknown reference kind {kind!r}: use sampling_seed, real_vs_real.")
   for sampler in _SAMPLERS.value + _REPLICATE_SAMPLERS.value:
     if sampler not in timesteps.TRAIN_SAMPLERS:
       raise app.UsageError(f"Unknown sampler {sampler!r}: use {timesteps.TRAIN_SAMPLERS}.")
   for dataset in _DATASETS.value:
     for sampler in _SAMPLERS.value:
       train_and_evaluate(workdir, dataset, sampler, 0)
-  # The yardsticks, once every run is evaluated: sampling noise and the real-data floor first
-  # (cheap), then the second training runs (another 30 minutes each).
+  # The yardsticks, once every run is evaluated: the real-data floor (real clips only, cheap),
+  # the sampling noise (a run's evaluations again), then the second training runs (another 30
+  # minutes each).
   for dataset in _DATASETS.value:
-    if _REFERENCES.value and "fopp" in _SAMPLERS.value:
-      config = run_config(dataset, "fopp")
+    if not _REFERENCES.value:
+      continue
+    config = run_config(dataset, "fopp")
+    if "real_vs_real" in _REFERENCE_KINDS.value:
+      for name in _EVALS.value:
+        real_vs_real(config, name, result_path(workdir, dataset, "real_vs_real", name))
+        write_tables(workdir)
+    if "sampling_seed" in _REFERENCE_KINDS.value and "fopp" in _SAMPLERS.value:
       params, step = generate.load_inference_params(config, os.path.join(workdir, dataset, "fopp"))
       if step != config.num_train_steps:
         raise SystemExit(f"{dataset} / fopp is at step {step} of {config.num_train_steps}: run"
@@ -325,7 +338,6 @@ def main(argv):
         evaluate_once(c, params, step, result_path(workdir, dataset, "fopp", name, "_seed1"),
                       command(dataset, "fopp", name, workdir, seed=1),
                       f"{dataset} / fopp, sampling seed 1: {name}")
-        real_vs_real(config, name, result_path(workdir, dataset, "real_vs_real", name))
         write_tables(workdir)
   for dataset in _REPLICATE_DATASETS.value:
     for sampler in _REPLICATE_SAMPLERS.value:
@@ -333,6 +345,7 @@ def main(argv):
   for dataset in _DATASETS.value:
     print(f"Samples: {sample_figure(workdir, dataset, _SAMPLERS.value)}", flush=True)
   print(f"Results: {write_tables(workdir)}", flush=True)
+
 
 if __name__ == "__main__":
   app.run(main)
