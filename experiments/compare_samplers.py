@@ -27,6 +27,7 @@ Each cell equals `python -m ardiff.main --mode=evaluate` with the same config (t
 in results.md), whose eval/metrics.json it would overwrite; hence its own file names here.
 """
 
+import functools
 import json
 import os
 import sys
@@ -84,10 +85,6 @@ def run_folder(sampler: str, seed: int = 0) -> str:
   return sampler if not seed else f"{sampler}_seed{seed}"
 
 
-def _folder_seed(folder: str | None) -> int:
-  return int(folder.rsplit("_seed", 1)[1]) if folder and "_seed" in folder else 0
-
-
 def run_config(dataset: str, sampler: str, seed: int = 0) -> ml_collections.ConfigDict:
   c = compare_samplers_config.get_config(f"{dataset},{sampler}")
   c.seed = seed
@@ -108,27 +105,20 @@ def eval_config(config, name: str) -> ml_collections.ConfigDict:
   return c
 
 
-def command(dataset: str, sampler: str, name: str, workdir: str, seed: int = 0,
-            folder: str | None = None) -> str:
-  """The ardiff.main command that computes the same evaluation (sampling seed `seed`) of the
-  run in <workdir>/<dataset>/<folder>."""
-  frames, ar_step, long = EVALUATIONS[name]
-  flags_ = [f"--config.sampling.num_frames={frames}", f"--config.sampling.ar_step={ar_step}"]
-  if long:
-    flags_.append(f"--config.eval.data_name={dataset}_long")
-  if seed:
-    flags_.append(f"--config.sampling.seed={seed}")
-  # What run_config changed from the config file, so that the command computes the same cell.
-  default, run = compare_samplers_config.get_config(f"{dataset},{sampler}"), run_config(
-      dataset, sampler, _folder_seed(folder))
-  if run.seed != default.seed:
-    flags_.append(f"--config.seed={run.seed}")
-  if run.num_train_steps != default.num_train_steps:
-    flags_.append(f"--config.num_train_steps={run.num_train_steps}")
-  if run.eval.num_videos != default.eval.num_videos:
-    flags_.append(f"--config.eval.num_videos={run.eval.num_videos}")
+def command(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The ardiff.main command that computes the evaluation `config` (an eval_config) of its run:
+  every setting the study changed from the config file becomes a flag."""
+  dataset, sampler = config.data.name, config.train_timesteps
+  default = compare_samplers_config.get_config(f"{dataset},{sampler}")
+  flags_ = [f"--config.sampling.num_frames={config.sampling.num_frames}",
+            f"--config.sampling.ar_step={config.sampling.ar_step}"]
+  get = lambda c, key: functools.reduce(lambda node, part: node[part], key.split("."), c)
+  for key in ("eval.data_name", "sampling.seed", "seed", "num_train_steps", "eval.num_videos"):
+    if get(config, key) != get(default, key):
+      flags_.append(f"--config.{key}={get(config, key)}")
+  folder = run_folder(sampler, config.seed)
   return (f"python -m ardiff.main --mode=evaluate --config={CONFIG_FILE}:{dataset},{sampler}"
-          f" --workdir={os.path.join(workdir, dataset, folder or sampler)} " + " ".join(flags_))
+          f" --workdir={os.path.join(workdir, dataset, folder)} " + " ".join(flags_))
 
 
 # Table rows: (label, folder under <workdir>/<dataset>, suffix of the evaluation files). The
@@ -254,7 +244,7 @@ def sample_figure(workdir: str, dataset: str, samplers, videos_per_sampler: int 
   rows = []
   for sampler in samplers:
     config = eval_config(run_config(dataset, sampler), name)
-    params, _ = generate.load_inference_params(config, os.path.join(workdir, dataset, sampler))
+    params, _ = trained_params(config, os.path.join(workdir, dataset, sampler))
     videos = generate.generate(config, params, videos_per_sampler, progress=False)  # [N, F, H, W, 3]
     cols = np.linspace(0, videos.shape[1] - 1, 12).round().astype(int)
     strip = np.concatenate([np.concatenate(list(v[cols]), axis=1) for v in videos], axis=0)
@@ -277,6 +267,16 @@ def sample_figure(workdir: str, dataset: str, samplers, videos_per_sampler: int 
   return path
 
 
+def trained_params(config, run_dir: str):
+  """The EMA weights and step of a finished run; stops the study if the run stopped early
+  (SIGTERM), so that no partial run is evaluated or shown."""
+  params, step = generate.load_inference_params(config, run_dir)
+  if step != config.num_train_steps:
+    raise SystemExit(f"{run_dir} stopped at step {step} of {config.num_train_steps}; run the"
+                     " study again to resume it.")
+  return params, step
+
+
 def train_and_evaluate(workdir: str, dataset: str, sampler: str, seed: int):
   """Trains one run (or resumes it) and computes its missing evaluations."""
   config = run_config(dataset, sampler, seed)
@@ -287,14 +287,11 @@ def train_and_evaluate(workdir: str, dataset: str, sampler: str, seed: int):
   start = time.time()
   train.train_and_evaluate(config, run_dir)
   print(f"=== {label}: trained in {time.time() - start:.0f} s", flush=True)
-  params, step = generate.load_inference_params(config, run_dir)
-  if step != config.num_train_steps:  # stopped early (SIGTERM): never evaluate a partial run
-    raise SystemExit(f"{label} stopped at step {step} of {config.num_train_steps}; run the same"
-                     " command again to resume it.")
+  params, step = trained_params(config, run_dir)
   for name in _EVALS.value:
-    evaluate_once(eval_config(config, name), params, step,
-                  result_path(workdir, dataset, folder, name),
-                  command(dataset, sampler, name, workdir, folder=folder), f"{label}: {name}")
+    c = eval_config(config, name)
+    evaluate_once(c, params, step, result_path(workdir, dataset, folder, name),
+                  command(c, workdir), f"{label}: {name}")
     write_tables(workdir)
 
 
@@ -328,15 +325,12 @@ def main(argv):
         real_vs_real(config, name, result_path(workdir, dataset, "real_vs_real", name))
         write_tables(workdir)
     if "sampling_seed" in _REFERENCE_KINDS.value and "fopp" in _SAMPLERS.value:
-      params, step = generate.load_inference_params(config, os.path.join(workdir, dataset, "fopp"))
-      if step != config.num_train_steps:
-        raise SystemExit(f"{dataset} / fopp is at step {step} of {config.num_train_steps}: run"
-                         " the study again to finish training it first.")
+      params, step = trained_params(config, os.path.join(workdir, dataset, "fopp"))
       for name in _EVALS.value:
         c = eval_config(config, name)
         c.sampling.seed = 1
         evaluate_once(c, params, step, result_path(workdir, dataset, "fopp", name, "_seed1"),
-                      command(dataset, "fopp", name, workdir, seed=1),
+                      command(c, workdir),
                       f"{dataset} / fopp, sampling seed 1: {name}")
         write_tables(workdir)
   for dataset in _REPLICATE_DATASETS.value:

