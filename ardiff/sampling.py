@@ -1,25 +1,27 @@
 """Generation with the AD scheduler: the whole schedule as one compiled lax.scan.
 
-Every row of the schedule (timesteps.ad_schedule) is one model call on the window of
+Every row of the schedule (sampling_plan.sampling_schedule) is one model call on the window of
 config.model.num_frames frames starting at its window_start. A frame that has completed k of N
 DDIM steps sits at grid[k] (diffusion.ddim_timesteps; grid[N] = -1, clean); a call moves the
 frames it updates from grid[k] to grid[k + 1]. Finished frames are fed clean at t = 0, frames
 not yet started are noise at grid[0], and the model sees exactly its window, as in training.
 
 KV cache (config.sampling.kv_cache). Under temporal causal attention a finished frame's keys and
-values depend only on it and the frames before it in the window, so they stay the same from
-call to call while the window stays put. Per call the cached path computes only the frames from
-the first one not in the cache to the last one that updates (cache_plan), against the cached
-keys/values of the conditioning tokens (computed once) and of the finished frames; frames after
-the last updating one are not computed at all. Frames that finished in the previous call are
-computed once more, clean at t = 0, and their keys/values enter the cache. When the window moves
-the cached frames' view changes: the cache is dropped and the call recomputes every finished
-frame of the new window (a "refresh"). Both paths compute the same function of the window.
+values depend only on it and the frames before it in the window, so they stay the same from call
+to call while the window stays put. Per call the cached path computes only the frames from the
+first one not in the cache to the last one that updates (sampling_plan.cache_plan), against the
+cached keys/values of the conditioning tokens (computed once) and of the finished frames; frames
+after the last updating one are not computed at all. Frames that finished in the previous call
+are computed once more, clean at t = 0, and their keys/values enter the cache. When the window
+moves the cached frames' view changes: the cache is dropped and the call recomputes every
+finished frame of the new window (a "refresh"). Both paths compute the same function of the
+window: _sample_uncached and _sample_cached differ only in what they run through the model, and
+share one denoising step (_DenoisingStep: guidance, then DDIM).
 """
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -27,119 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiff import diffusion
+from ardiff import sampling_plan
 from ardiff import timesteps
-
-# ----------------------------------------------------------------------------------------------
-# Host-side plans (numpy, static): the schedule with given prefix frames, and the cache plan.
-
-
-def sampling_schedule(
-    num_frames: int,
-    window: int,
-    ar_step: int,
-    num_steps: int,
-    context_frames: int | None = None,
-    prefix_frames: int = 0,
-) -> timesteps.ADSchedule:
-  """The AD schedule of num_frames frames of which the first prefix_frames are given.
-
-  Given frames count as finished from the start: the AD schedule of the remaining frames
-  (the paper's recurrence lets the first of them advance at once), shifted behind them, with
-  the window placed as ad_schedule places it (ending at the last frame denoised), so that the
-  given frames stay in view as context while there is room.
-  """
-  if not 0 <= prefix_frames < num_frames:
-    raise ValueError(f"prefix_frames={prefix_frames} must lie in [0, num_frames={num_frames}).")
-  rest = timesteps.ad_schedule(
-      num_frames - prefix_frames, window, ar_step, num_steps, context_frames
-  )
-  if prefix_frames == 0:
-    return rest
-  initial = np.zeros(num_frames, np.int32)
-  initial[:prefix_frames] = num_steps
-  given = np.full((rest.num_calls, prefix_frames), num_steps, np.int32)
-  steps = np.concatenate([given, rest.steps], axis=1)
-  last_updated = prefix_frames + np.array([np.nonzero(u)[0].max() for u in rest.updates])
-  start = np.clip(last_updated - window + 1, 0, max(num_frames - window, 0))
-  return timesteps.ADSchedule(steps, start.astype(np.int32), initial)
-
-
-class CachePlan(NamedTuple):
-  """What each call of the cached path computes (all int32 [R] but `sizes`).
-
-  query_start, query_end: the frames run through the model in call r. num_cached: frames
-  from window_start whose keys/values are valid in the cache at the start of the call.
-  refresh: the window moved (or the first call): num_cached = 0. branch: which compiled size
-  of sizes (static numbers of query frames, the count padded up) serves the call.
-  """
-
-  query_start: np.ndarray
-  query_end: np.ndarray
-  num_cached: np.ndarray
-  refresh: np.ndarray
-  branch: np.ndarray
-  sizes: tuple[int, ...]
-
-  @property
-  def query_frames(self) -> np.ndarray:
-    return self.query_end - self.query_start
-
-  @property
-  def computed_frames(self) -> np.ndarray:
-    """Frames each call computes, padding included."""
-    return np.asarray(self.sizes)[self.branch]
-
-
-def cache_plan(
-    schedule: timesteps.ADSchedule, num_steps: int, max_branches: int = 4
-) -> CachePlan:
-  """The cached path's work per call (see the module docstring).
-
-  Call r computes the frames [query_start, query_end): from the first frame of the window not in
-  the cache (the frames finished in call r - 1, or every finished frame after a refresh) to
-  the last frame it updates. The frames that were finished at its start then enter the cache.
-  Query counts are padded up to at most max_branches sizes, chosen to waste the fewest frames.
-  """
-  prev, steps, start = schedule.previous, schedule.steps, schedule.window_start
-  num_calls = schedule.num_calls
-  q0, q1, cached, refresh = (np.zeros(num_calls, np.int32) for _ in range(4))
-  cache_end = 0  # one past the last cached frame
-  for r in range(num_calls):
-    refresh[r] = r == 0 or start[r] != start[r - 1]
-    if refresh[r]:
-      cache_end = start[r]
-    q0[r], cached[r] = cache_end, cache_end - start[r]
-    q1[r] = np.nonzero(steps[r] != prev[r])[0].max() + 1
-    cache_end = max(cache_end, int(np.argmax(prev[r] < num_steps)))  # finished at the start
-  sizes = _padded_sizes(q1 - q0, max_branches)
-  branch = np.searchsorted(np.asarray(sizes), q1 - q0).astype(np.int32)
-  return CachePlan(q0, q1, cached, refresh.astype(bool), branch, sizes)
-
-
-def _padded_sizes(counts: np.ndarray, max_branches: int) -> tuple[int, ...]:
-  """At most max_branches sizes covering every count with the least padded total (DP)."""
-  values, weights = np.unique(counts, return_counts=True)
-  n, inf = len(values), float("inf")
-  # cost[m][j]: least total for values[:j + 1] with m + 1 sizes, the largest values[j].
-  cost = [[inf] * n for _ in range(max_branches)]
-  back = [[-1] * n for _ in range(max_branches)]
-  for j in range(n):
-    cost[0][j] = values[j] * weights[: j + 1].sum()
-    for m in range(1, max_branches):
-      for i in range(j):
-        c = cost[m - 1][i] + values[j] * weights[i + 1 : j + 1].sum()
-        if c < cost[m][j]:
-          cost[m][j], back[m][j] = c, i
-  m = int(np.argmin([cost[m][n - 1] for m in range(max_branches)]))
-  sizes, j = [], n - 1
-  while j >= 0:
-    sizes.append(int(values[j]))
-    j, m = back[m][j], m - 1
-  return tuple(sorted(sizes))
-
-
-# ----------------------------------------------------------------------------------------------
-# The compiled sampler.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,17 +67,22 @@ class Sampler:
 
   fn: Callable[..., jax.Array]
   schedule: timesteps.ADSchedule
-  plan: CachePlan | None  # None: no KV cache, every call runs the whole window
+  plan: sampling_plan.CachePlan | None  # None: no KV cache, every call runs the whole window
   window: int
   guided: bool  # two passes (conditional, null label) per call when labels are given
 
   def __call__(self, params, rngs, labels=None, prefix=None) -> jax.Array:
     return self.fn(params, rngs, labels, prefix)
 
+  def num_model_calls_for(self, labels_given: bool) -> int:
+    """Model evaluations per video: two per call when guided and labels are given, else one
+    (without labels the model runs once, on the null label)."""
+    return self.schedule.num_calls * (2 if self.guided and labels_given else 1)
+
   @property
   def num_model_calls(self) -> int:
-    """Model evaluations per video when labels are given (with guidance: two per call)."""
-    return self.schedule.num_calls * (2 if self.guided else 1)
+    """Model evaluations per video when labels are given: num_model_calls_for(True)."""
+    return self.num_model_calls_for(labels_given=True)
 
   @property
   def frames_per_call(self) -> np.ndarray:
@@ -274,134 +170,248 @@ def initial_noise(rngs: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 @functools.lru_cache(maxsize=32)
 def _build(model, spec: _Spec) -> Sampler:
-  schedule = sampling_schedule(
+  schedule = sampling_plan.sampling_schedule(
       spec.num_frames, spec.window, spec.ar_step, spec.num_steps, spec.context_frames,
       spec.prefix_frames,
   )
   window = min(spec.window, spec.num_frames)
-  plan = cache_plan(schedule, spec.num_steps, spec.max_branches) if spec.kv_cache else None
+  plan = None
+  if spec.kv_cache:
+    plan = sampling_plan.cache_plan(schedule, spec.num_steps, spec.max_branches)
   guided = spec.num_classes > 0 and spec.guidance_scale != 1.0
   run = functools.partial(_run, model, spec, schedule, plan, window)
   options = dict(spec.compiler_options) if spec.compiler_options else None
   return Sampler(jax.jit(run, compiler_options=options), schedule, plan, window, guided)
 
 
+# ----------------------------------------------------------------------------------------------
+# The compiled loop: the jitted body, the denoising step both paths share, the two paths.
+
+
 def _run(model, spec, schedule, plan, window, params, rngs, labels, prefix):
   """The jitted body of a Sampler (model, spec, schedule, plan and window are static)."""
   num_videos = rngs.shape[0]
-  f, n = spec.num_frames, spec.num_steps
-  l, c = spec.tokens_per_frame, spec.in_channels
+  frame_shape = (spec.tokens_per_frame, spec.in_channels)
   if labels is not None and not spec.num_classes:
     raise ValueError("Labels given to an unconditional model (config.model.num_classes = 0).")
   guided = labels is not None and spec.num_classes > 0 and spec.guidance_scale != 1.0
-  sched = diffusion.make_schedule(spec.beta_schedule, spec.num_timesteps)
-  grid = jnp.asarray(diffusion.ddim_timesteps(spec.num_timesteps, n))
-
-  x = initial_noise(rngs, (f, l, c))  # [B, F, L, C]
-  step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(rngs)
+  x = initial_noise(rngs, (spec.num_frames,) + frame_shape)  # [B, F, L, C]
   if spec.prefix_frames:
-    if prefix is None or prefix.shape != (num_videos, spec.prefix_frames, l, c):
-      raise ValueError(f"Expected a prefix of {(num_videos, spec.prefix_frames, l, c)} frames.")
+    expected = (num_videos, spec.prefix_frames) + frame_shape
+    if prefix is None or prefix.shape != expected:
+      raise ValueError(f"Expected a prefix of {expected} frames.")
     x = x.at[:, : spec.prefix_frames].set(prefix.astype(jnp.float32))
-
-  def combine(out):  # [B or 2B, ...] -> guided prediction [B, ...]
-    if not guided:
-      return out
-    cond, uncond = jnp.split(out, 2)
-    return uncond + spec.guidance_scale * (cond - uncond)
-
-  def twice(a):  # the conditional and the unconditional pass as one batch
-    return jnp.concatenate([a, a]) if guided else a
-
-  def denoise(x_t, out, prev, new, noise):
-    """One DDIM step of the frames with prev != new; x_t, out [B, Q, L, C]; prev, new [Q]."""
-    t_cur = jnp.broadcast_to(grid[prev], (num_videos,) + prev.shape)
-    t_next = jnp.broadcast_to(grid[new], t_cur.shape)
-    t_in = jnp.where(prev == n, 0, t_cur)  # finished frames were fed clean at t = 0
-    x0, eps = diffusion.to_x0_eps(sched, spec.parameterization, x_t, t_in, out)
-    if spec.clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
-      eps = diffusion.eps_from_x0(sched, x_t, t_in, x0)
-    return diffusion.ddim_step(sched, x_t, t_cur, t_next, x0, eps, noise, spec.eta)
-
-  def window_noise(r):  # [B, W, L, C], a function of (video key, call) only: both paths agree
-    if spec.eta == 0:
-      return None
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, r))(step_keys)
-    return jax.vmap(lambda k: jax.random.normal(k, (window, l, c)))(keys)
-
-  def model_input(x, prev):
-    t_in = jnp.where(prev == n, 0, grid[prev])
-    return twice(x), twice(jnp.broadcast_to(t_in, (num_videos,) + prev.shape))
-
-  xs = dict(
-      prev=jnp.asarray(schedule.previous), new=jnp.asarray(schedule.steps),
-      start=jnp.asarray(schedule.window_start), call=jnp.arange(schedule.num_calls),
-  )
-  model_labels = None
   if labels is not None:
-    model_labels = jnp.asarray(labels, jnp.int32)
+    labels = jnp.asarray(labels, jnp.int32)
     if guided:
-      null = jnp.full_like(model_labels, spec.num_classes)  # the model's null label
-      model_labels = jnp.concatenate([model_labels, null])
-
+      labels = _with_null_labels(labels, spec.num_classes)
+  step = _DenoisingStep(
+      spec=spec,
+      guided=guided,
+      sched=diffusion.make_schedule(spec.beta_schedule, spec.num_timesteps),
+      grid=jnp.asarray(diffusion.ddim_timesteps(spec.num_timesteps, spec.num_steps)),
+      noise_keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(rngs),
+      noise_shape=(window,) + frame_shape,
+  )
+  model = _LabelledModel(model, params, labels)
   if plan is None:
+    return _sample_uncached(model, step, schedule, window, x)
+  return _sample_cached(model, step, schedule, plan, window, x)
 
-    def call(x, row):
-      ws = row["start"]
-      x_w = jax.lax.dynamic_slice_in_dim(x, ws, window, axis=1)  # [B, W, L, C]
-      prev = jax.lax.dynamic_slice_in_dim(row["prev"], ws, window)
-      new = jax.lax.dynamic_slice_in_dim(row["new"], ws, window)
-      out = combine(model.apply(params, *model_input(x_w, prev), model_labels))
-      x_w = denoise(x_w, out, prev, new, window_noise(row["call"]))
-      return jax.lax.dynamic_update_slice_in_dim(x, x_w, ws, axis=1), None
 
-    x, _ = jax.lax.scan(call, x, xs)
-    return x
+def _with_null_labels(labels: jax.Array, num_classes: int) -> jax.Array:
+  """[B] -> [2B]: the labels, then the model's null label (num_classes) for each video."""
+  return jnp.concatenate([labels, jnp.full_like(labels, num_classes)])
 
-  # The cached path: conditioning keys/values once, frame keys/values [depth, B', W, L, H, Dh].
-  ctx_k, ctx_v = model.apply(params, model_labels, 2 * num_videos if guided else num_videos,
-                             method="context_kv")
-  cache_shape = ctx_k.shape[:2] + (window, l) + ctx_k.shape[3:]
-  cache = (jnp.zeros(cache_shape, ctx_k.dtype), jnp.zeros(cache_shape, ctx_v.dtype))
-  slot_frame = jnp.asarray(np.repeat(np.arange(window), l))  # [W * L]
-  xs.update(
-      q0=jnp.asarray(plan.query_start), q1=jnp.asarray(plan.query_end),
-      cached=jnp.asarray(plan.num_cached), branch=jnp.asarray(plan.branch),
+
+def _duplicate_for_guidance(a: jax.Array) -> jax.Array:
+  """[B, ...] -> [2B, ...]: the conditional and the unconditional pass run as one batch."""
+  return jnp.concatenate([a, a])
+
+
+def _combine_guidance(out: jax.Array, guidance_scale: float) -> jax.Array:
+  """[2B, ...] (conditional, then unconditional) -> the guided prediction [B, ...]."""
+  cond, uncond = jnp.split(out, 2)
+  return uncond + guidance_scale * (cond - uncond)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LabelledModel:
+  """The model with its variables and the labels of the batch (null labels appended if guided)."""
+
+  model: Any
+  params: Any
+  labels: jax.Array | None
+
+  def __call__(self, x, t):
+    return self.model.apply(self.params, x, t, self.labels)
+
+  def context_kv(self, batch_size: int):
+    return self.model.apply(self.params, self.labels, batch_size, method="context_kv")
+
+  def decode(self, x, t, positions, kv_prefix, prefix_valid):
+    return self.model.apply(self.params, x, t, positions, kv_prefix, prefix_valid, method="decode")
+
+
+@dataclasses.dataclass(frozen=True)
+class _DenoisingStep:
+  """One guided denoising step of some frames of each video, the same on both paths.
+
+  model_inputs gives what the model sees; __call__ turns the model's output into the frames
+  after the step: classifier-free guidance, x0 and eps, a DDIM step of the frames that move.
+  """
+
+  spec: _Spec
+  guided: bool  # labels given and guidance_scale != 1: the batch runs twice, as one pass
+  sched: diffusion.Schedule
+  grid: jax.Array  # int32 [N + 1]: the timestep after k of N DDIM steps (grid[N] = -1, clean)
+  noise_keys: jax.Array  # [B]: a key per video for the DDIM noise (eta > 0)
+  noise_shape: tuple[int, ...]  # (W, L, C): noise is drawn for the whole window
+
+  def model_timesteps(self, prev: jax.Array, num_videos: int) -> jax.Array:
+    """int32 [B, Q]: the model's timestep of frames that completed prev [Q] steps."""
+    t = jnp.broadcast_to(self.grid[prev], (num_videos,) + prev.shape)
+    # Finished frames (grid = -1) are fed clean at t = 0, as the model saw them in training.
+    return jnp.where(prev == self.spec.num_steps, 0, t)
+
+  def model_inputs(self, x: jax.Array, prev: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The model's (x, t) for the frames x [B, Q, L, C] at steps prev [Q]."""
+    t = self.model_timesteps(prev, x.shape[0])
+    if self.guided:
+      return _duplicate_for_guidance(x), _duplicate_for_guidance(t)
+    return x, t
+
+  def noise(self, call: jax.Array) -> jax.Array | None:
+    """[B, W, L, C]: a function of (video key, call) alone, so that both paths agree."""
+    if self.spec.eta == 0:
+      return None
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, call))(self.noise_keys)
+    return jax.vmap(lambda k: jax.random.normal(k, self.noise_shape))(keys)
+
+  def __call__(self, x, out, prev, new, noise=None) -> jax.Array:
+    """The frames x [B, Q, L, C] moved from steps prev to new [Q] (prev == new: unchanged).
+
+    out: the model's output on model_inputs(x, prev). noise: [B, Q, L, C] or None.
+    """
+    s = self.spec
+    if self.guided:
+      out = _combine_guidance(out, s.guidance_scale)
+    t_in = self.model_timesteps(prev, x.shape[0])
+    t_cur = jnp.broadcast_to(self.grid[prev], t_in.shape)
+    t_next = jnp.broadcast_to(self.grid[new], t_in.shape)
+    x0, eps = diffusion.to_x0_eps(self.sched, s.parameterization, x, t_in, out)
+    if s.clip_denoised:
+      x0 = jnp.clip(x0, -1.0, 1.0)
+      eps = diffusion.eps_from_x0(self.sched, x, t_in, x0)
+    return diffusion.ddim_step(self.sched, x, t_cur, t_next, x0, eps, noise, s.eta)
+
+
+def _schedule_rows(schedule: timesteps.ADSchedule) -> dict[str, jax.Array]:
+  """What lax.scan feeds each call r: the steps before and after it [F], its window, r."""
+  return dict(
+      prev=jnp.asarray(schedule.previous), new=jnp.asarray(schedule.steps),
+      window_start=jnp.asarray(schedule.window_start), call=jnp.arange(schedule.num_calls),
   )
 
-  def run_queries(size, x, cache, row):
-    ws = row["start"]
-    idx = row["q0"] + jnp.arange(size)  # [Q] frames, the tail past q1 padding
-    valid = idx < row["q1"]
-    frames = jnp.minimum(idx, f - 1)
-    prev = row["prev"][frames]
-    new = jnp.where(valid, row["new"][frames], prev)  # padding frames do not move
-    x_q = x[:, frames]  # [B, Q, L, C]
-    flat = lambda a: a.reshape(a.shape[:2] + (window * l,) + a.shape[4:])
-    kv_prefix = tuple(jnp.concatenate([a, flat(b)], axis=2) for a, b in zip((ctx_k, ctx_v), cache))
-    prefix_valid = jnp.concatenate([jnp.ones(ctx_k.shape[2], bool), slot_frame < row["cached"]])
-    out, own_kv = model.apply(
-        params, *model_input(x_q, prev), idx - ws, kv_prefix, prefix_valid, method="decode"
-    )
-    noise = window_noise(row["call"])
-    if noise is not None:
-      noise = noise[:, jnp.clip(idx - ws, 0, window - 1)]
-    x_q = denoise(x_q, combine(out), prev, new, noise)
-    x = x.at[:, jnp.where(valid, idx, f)].set(x_q, mode="drop")
-    # Frames finished at the start of the call were computed clean at t = 0: cache them.
-    slot = jnp.where(valid & (prev == n), idx - ws, window)
-    per_frame = lambda a: a.reshape(a.shape[:2] + (size, l) + a.shape[3:])
-    cache = tuple(
-        cached.at[:, :, slot].set(per_frame(new_kv), mode="drop")
-        for cached, new_kv in zip(cache, own_kv)
-    )
-    return x, cache
 
-  def call(carry, row):
-    branches = [functools.partial(run_queries, size) for size in plan.sizes]
-    return jax.lax.switch(row["branch"], branches, *carry, row), None
+# The uncached path: every call runs the model on its whole window.
 
-  (x, _), _ = jax.lax.scan(call, (x, cache), xs)
+
+def _sample_uncached(model, step, schedule, window, x):
+  """x [B, F, L, C] (noise, prefix frames set) -> the videos, one _uncached_call per row."""
+  call = functools.partial(_uncached_call, model, step, window)
+  x, _ = jax.lax.scan(call, x, _schedule_rows(schedule))
   return x
 
+
+def _uncached_call(model, step, window, x, row):
+  """One call: the model on the window at window_start, one step of the frames that move."""
+  window_start = row["window_start"]
+  x_w = jax.lax.dynamic_slice_in_dim(x, window_start, window, axis=1)  # [B, W, L, C]
+  prev = jax.lax.dynamic_slice_in_dim(row["prev"], window_start, window)
+  new = jax.lax.dynamic_slice_in_dim(row["new"], window_start, window)
+  out = model(*step.model_inputs(x_w, prev))
+  x_w = step(x_w, out, prev, new, step.noise(row["call"]))
+  return jax.lax.dynamic_update_slice_in_dim(x, x_w, window_start, axis=1), None
+
+
+# The cached path (module docstring): per call, the query frames of the plan against the
+# cached keys/values of the conditioning tokens and of the finished frames.
+
+
+def _sample_cached(model, step, schedule, plan, window, x):
+  """x [B, F, L, C] (noise, prefix frames set) -> the videos, one _cached_call per row."""
+  num_videos, _, tokens_per_frame = x.shape[:3]
+  # The conditioning tokens' keys/values, once: [depth, B', Nc, H, Dh] (B' = 2B when guided).
+  context_kv = model.context_kv(2 * num_videos if step.guided else num_videos)
+  # The frames' keys/values by window slot: [depth, B', W, L, H, Dh], valid up to num_cached.
+  cache = tuple(
+      jnp.zeros(a.shape[:2] + (window, tokens_per_frame) + a.shape[3:], a.dtype)
+      for a in context_kv
+  )
+  rows = _schedule_rows(schedule)
+  rows.update(
+      query_start=jnp.asarray(plan.query_start), query_end=jnp.asarray(plan.query_end),
+      num_cached=jnp.asarray(plan.num_cached), branch=jnp.asarray(plan.branch),
+  )
+  # One compiled branch per padded query size; the plan says which serves each call.
+  branches = [
+      functools.partial(_cached_call, size, model, step, window, context_kv)
+      for size in plan.sizes
+  ]
+  call = functools.partial(_switch_branch, branches)
+  (x, _), _ = jax.lax.scan(call, (x, cache), rows)
+  return x
+
+
+def _switch_branch(branches, carry, row):
+  """The scan body of the cached path: the branch of the call's padded query size."""
+  return jax.lax.switch(row["branch"], branches, *carry, row), None
+
+
+def _cached_call(size, model, step, window, context_kv, x, cache, row):
+  """One call on `size` query frames from query_start; those past query_end are padding."""
+  num_frames, tokens_per_frame = x.shape[1:3]
+  window_start = row["window_start"]
+  frames = row["query_start"] + jnp.arange(size)  # [Q]
+  valid = frames < row["query_end"]
+  clamped = jnp.minimum(frames, num_frames - 1)
+  prev = row["prev"][clamped]
+  new = jnp.where(valid, row["new"][clamped], prev)  # padding frames do not move
+  positions = frames - window_start  # in the window
+  x_q = x[:, clamped]  # [B, Q, L, C]
+
+  kv_prefix = tuple(
+      jnp.concatenate([ctx, _flatten_frames(cached)], axis=2)
+      for ctx, cached in zip(context_kv, cache)
+  )
+  slot_frame = jnp.asarray(np.repeat(np.arange(window), tokens_per_frame))  # [W * L]
+  prefix_valid = jnp.concatenate(
+      [jnp.ones(context_kv[0].shape[2], bool), slot_frame < row["num_cached"]]
+  )
+  out, query_kv = model.decode(*step.model_inputs(x_q, prev), positions, kv_prefix, prefix_valid)
+
+  noise = step.noise(row["call"])
+  if noise is not None:
+    noise = noise[:, jnp.clip(positions, 0, window - 1)]
+  x_q = step(x_q, out, prev, new, noise)
+  x = x.at[:, jnp.where(valid, frames, num_frames)].set(x_q, mode="drop")
+  # Frames finished at the start of the call were computed clean at t = 0: cache them.
+  slots = jnp.where(valid & (prev == step.spec.num_steps), positions, window)
+  cache = tuple(_store_frames(cached, kv, slots) for cached, kv in zip(cache, query_kv))
+  return x, cache
+
+
+def _flatten_frames(kv: jax.Array) -> jax.Array:
+  """[depth, B, W, L, H, Dh] -> [depth, B, W * L, H, Dh]: frames as one run of tokens."""
+  return kv.reshape(kv.shape[:2] + (kv.shape[2] * kv.shape[3],) + kv.shape[4:])
+
+
+def _store_frames(cache: jax.Array, kv: jax.Array, slots: jax.Array) -> jax.Array:
+  """The cache [depth, B, W, L, ...] with the query frames' keys or values written in.
+
+  kv: [depth, B, Q * L, ...]; slots: int [Q], the window slot of each query frame (W or more:
+  not stored).
+  """
+  per_frame = kv.reshape(kv.shape[:2] + (slots.shape[0], cache.shape[3]) + kv.shape[3:])
+  return cache.at[:, :, slots].set(per_frame, mode="drop")

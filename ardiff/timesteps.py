@@ -183,8 +183,8 @@ def ad_schedule(
 
   For longer videos a frame additionally (a) never advances by more than one step per call,
   and (b) may not start until it fits in the window together with every unfinished frame
-  before it and `context_frames` frames of room for finished context (default:
-  default_context_frames). The window then starts `window - 1` frames before the last frame
+  before it and `context_frames` frames of room for finished context (fewer than `window`;
+  default: default_context_frames). The window then starts `window - 1` frames before the last frame
   that is denoised (never before frame 0 or after num_frames - window). Thus in every call:
   rows are non-increasing along frames, every updated frame lies inside the window, every
   frame before the window has finished, the window never moves back, and every frame ends
@@ -195,11 +195,18 @@ def ad_schedule(
   if not 0 <= ar_step <= num_steps:
     raise ValueError(f"ar_step={ar_step} must lie in [0, num_steps={num_steps}].")
   window = min(window, num_frames)
+  long_video = num_frames > window
   if context_frames is None:
     context_frames = default_context_frames(window, ar_step, num_steps)
-  if not 0 <= context_frames < window:
-    raise ValueError(f"context_frames={context_frames} must lie in [0, window={window}).")
-  long_video = num_frames > window
+  if context_frames < 0:
+    raise ValueError(f"context_frames={context_frames} must not be negative.")
+  # Context frames are room kept for finished frames while the window slides; a video within
+  # the window never slides, and its context_frames go unused (e.g. 8 for a 4-frame video).
+  if long_video and context_frames >= window:
+    raise ValueError(
+        f"context_frames={context_frames} must be less than the window ({window} frames) that"
+        f" slides over {num_frames} frames: no room would be left for frames in progress."
+    )
   span = window - context_frames if long_video else window  # frames that may be in progress
 
   prev = np.zeros(num_frames, np.int64)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ardiff import diffusion, sampling, timesteps
+from ardiff import diffusion, sampling, sampling_plan, timesteps
 from ardiff.models import build_model
 from configs import tiny
 
@@ -85,7 +85,7 @@ def reference_sample(model, params, config, rngs, num_frames, labels=None, prefi
   window per call, finished frames fed clean at t = 0."""
   s, n = config.sampling, config.sampling.num_steps
   k = 0 if prefix is None else prefix.shape[1]
-  sched = sampling.sampling_schedule(
+  sched = sampling_plan.sampling_schedule(
       num_frames, config.model.num_frames, s.ar_step, n, s.context_frames, k
   )
   grid = diffusion.ddim_timesteps(config.diffusion.num_timesteps, n)
@@ -171,7 +171,7 @@ def test_decode_with_cached_kv_matches_the_full_forward():
 @pytest.mark.parametrize("ar_step", [0, 1, 2, 4])
 def test_sampling_schedule_with_prefix(num_frames, prefix_frames, ar_step):
   n, window = 4, 4
-  sched = sampling.sampling_schedule(num_frames, window, ar_step, n, None, prefix_frames)
+  sched = sampling_plan.sampling_schedule(num_frames, window, ar_step, n, None, prefix_frames)
   if prefix_frames == 0:
     plain = timesteps.ad_schedule(num_frames, window, ar_step, n)
     np.testing.assert_array_equal(sched.steps, plain.steps)
@@ -196,8 +196,10 @@ def test_sampling_schedule_with_prefix(num_frames, prefix_frames, ar_step):
 def test_cache_plan_computes_only_what_changed(
     num_frames, window, ar_step, num_steps, prefix_frames
 ):
-  sched = sampling.sampling_schedule(num_frames, window, ar_step, num_steps, None, prefix_frames)
-  plan = sampling.cache_plan(sched, num_steps, max_branches=4)
+  sched = sampling_plan.sampling_schedule(
+      num_frames, window, ar_step, num_steps, None, prefix_frames
+  )
+  plan = sampling_plan.cache_plan(sched, num_steps, max_branches=4)
   prev, n, w = sched.previous, num_steps, min(window, num_frames)
   for r in range(sched.num_calls):
     ws = sched.window_start[r]
@@ -225,7 +227,7 @@ def test_cache_plan_computes_only_what_changed(
 def test_cache_plan_of_the_paper_setting():
   # 16 frames, window 16, 50 steps, s = 5: 125 calls; ~10 frames in progress per call.
   sched = timesteps.ad_schedule(16, 16, 5, 50)
-  plan = sampling.cache_plan(sched, 50)
+  plan = sampling_plan.cache_plan(sched, 50)
   assert sched.num_calls == 50 + 15 * 5
   assert plan.query_frames.sum() == sched.updates.sum() + 15  # + each frame once, clean
   assert plan.computed_frames.sum() < 0.65 * sched.num_calls * 16
@@ -391,3 +393,41 @@ def test_ddim_lands_on_the_oracle_x0(parameterization, kv_cache):
   out = np.asarray(sampler({}, keys()))
   expected = np.broadcast_to(ORACLE_X0, out.shape)
   np.testing.assert_allclose(out, expected, atol=1e-5 if parameterization == "x0" else 1e-4)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True])
+def test_context_frames_beyond_a_video_within_the_window(kv_cache):
+  # context_frames = 8 > the 4-frame window: unused where the frames to make fit in the
+  # window, also when the whole video (6 frames, 3 given) slides; an error where it slides.
+  config = tiny_config(ar_step=1, context_frames=8)
+  oracle = Oracle("x0", config.diffusion.num_timesteps)
+  prefix = np.zeros((B, 3, L, C), np.float32)
+  for num_frames, k in [(4, 0), (6, 3)]:
+    sched = sampling_plan.sampling_schedule(num_frames, 4, 1, 4, 8, k)
+    default = sampling_plan.sampling_schedule(num_frames, 4, 1, 4, None, k)
+    np.testing.assert_array_equal(sched.steps, default.steps)
+    sampler = sampling.make_sampler(
+        oracle, config, num_frames, prefix_frames=k, kv_cache=kv_cache, max_branches=1,
+        compiler_options=FAST,
+    )
+    out = np.asarray(sampler({}, keys(), None, prefix[:, :k] if k else None))
+    np.testing.assert_allclose(out[:, k:], np.broadcast_to(ORACLE_X0, out[:, k:].shape), atol=1e-5)
+  with pytest.raises(ValueError, match="context_frames=8 must be less than the window"):
+    sampling.make_sampler(oracle, config, 12, kv_cache=kv_cache)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True])
+@pytest.mark.parametrize("labels", [None, [0, 4]])
+def test_number_of_model_evaluations_with_and_without_labels(kv_cache, labels):
+  # Guided, but without labels only the null-label pass runs: one evaluation per call.
+  config = tiny_config(num_classes=5, guidance_scale=2.0, ar_step=2)
+  counting = CountingModel(Oracle("x0", config.diffusion.num_timesteps))
+  sampler = sampling.make_sampler(
+      counting, config, 6, kv_cache=kv_cache, max_branches=1, compiler_options=FAST
+  )
+  jax.block_until_ready(sampler({}, keys(), None if labels is None else jnp.array(labels)))
+  jax.effects_barrier()
+  passes = sum(b for _, b, _ in counting.calls) // B
+  assert passes == sampler.num_model_calls_for(labels_given=labels is not None)
+  assert passes == sampler.schedule.num_calls * (1 if labels is None else 2)
+  assert sampler.num_model_calls == sampler.num_model_calls_for(labels_given=True)

@@ -218,3 +218,14 @@ def test_ad_schedule_long_video_keeps_context():
     if frames.min() > 0:
       finished_in_view = np.arange(sched.window_start[r], frames.min())
       assert len(finished_in_view) >= 2
+
+
+def test_context_frames_are_checked_only_where_the_window_slides():
+  # A video within the window never slides: context_frames is unused, whatever its value.
+  for window in (4, 16):
+    sched = timesteps.ad_schedule(4, window, 1, 4, context_frames=8)
+    np.testing.assert_array_equal(sched.steps, timesteps.ad_schedule(4, window, 1, 4).steps)
+  with pytest.raises(ValueError, match="context_frames=4 must be less than the window"):
+    timesteps.ad_schedule(12, 4, 0, 4, context_frames=4)
+  with pytest.raises(ValueError, match="must not be negative"):
+    timesteps.ad_schedule(4, 4, 1, 4, context_frames=-1)

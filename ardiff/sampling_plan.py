@@ -1,0 +1,126 @@
+"""Host-side plans of AD sampling (numpy, static): what each model call of a sampler does.
+
+They are computed once per sampler, before compiling, and enter the compiled loop as constants:
+
+- sampling_schedule: the AD schedule (timesteps.ad_schedule) of a video whose first frames are
+  given (video prediction): which frames each call denoises, and where its window sits.
+- cache_plan: what each call of the KV-cached path runs through the model: the frames not yet
+  in the cache up to the last one that moves, and whether the window moved (a refresh).
+- _padded_sizes: the few static query sizes that the cached path compiles, each call padded up
+  to one of them (a compiled program needs static shapes; one size per call would compile a
+  copy of the model per size).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ardiff import timesteps
+
+
+def sampling_schedule(
+    num_frames: int,
+    window: int,
+    ar_step: int,
+    num_steps: int,
+    context_frames: int | None = None,
+    prefix_frames: int = 0,
+) -> timesteps.ADSchedule:
+  """The AD schedule of num_frames frames of which the first prefix_frames are given.
+
+  Given frames count as finished from the start: the AD schedule of the remaining frames
+  (the paper's recurrence lets the first of them advance at once), shifted behind them, with
+  the window placed as ad_schedule places it (ending at the last frame denoised), so that the
+  given frames stay in view as context while there is room. context_frames only matters (and
+  is only checked) where the window slides over the remaining frames.
+  """
+  if not 0 <= prefix_frames < num_frames:
+    raise ValueError(f"prefix_frames={prefix_frames} must lie in [0, num_frames={num_frames}).")
+  rest = timesteps.ad_schedule(
+      num_frames - prefix_frames, window, ar_step, num_steps, context_frames
+  )
+  if prefix_frames == 0:
+    return rest
+  initial = np.zeros(num_frames, np.int32)
+  initial[:prefix_frames] = num_steps
+  given = np.full((rest.num_calls, prefix_frames), num_steps, np.int32)
+  steps = np.concatenate([given, rest.steps], axis=1)
+  last_updated = prefix_frames + np.array([np.nonzero(u)[0].max() for u in rest.updates])
+  start = np.clip(last_updated - window + 1, 0, max(num_frames - window, 0))
+  return timesteps.ADSchedule(steps, start.astype(np.int32), initial)
+
+
+class CachePlan(NamedTuple):
+  """What each call of the cached path computes (all int32 [R] but `sizes`).
+
+  query_start, query_end: the frames run through the model in call r. num_cached: frames
+  from window_start whose keys/values are valid in the cache at the start of the call.
+  refresh: the window moved (or the first call): num_cached = 0. branch: which compiled size
+  of sizes (static numbers of query frames, the count padded up) serves the call.
+  """
+
+  query_start: np.ndarray
+  query_end: np.ndarray
+  num_cached: np.ndarray
+  refresh: np.ndarray
+  branch: np.ndarray
+  sizes: tuple[int, ...]
+
+  @property
+  def query_frames(self) -> np.ndarray:
+    return self.query_end - self.query_start
+
+  @property
+  def computed_frames(self) -> np.ndarray:
+    """Frames each call computes, padding included."""
+    return np.asarray(self.sizes)[self.branch]
+
+
+def cache_plan(
+    schedule: timesteps.ADSchedule, num_steps: int, max_branches: int = 4
+) -> CachePlan:
+  """The cached path's work per call (see ardiff/sampling.py's docstring).
+
+  Call r computes the frames [query_start, query_end): from the first frame of the window not
+  in the cache (the frames finished in call r - 1, or every finished frame after a refresh) to
+  the last frame it updates. The frames that were finished at its start then enter the cache.
+  Query counts are padded up to at most max_branches sizes, chosen to waste the fewest frames.
+  """
+  prev, steps, start = schedule.previous, schedule.steps, schedule.window_start
+  num_calls = schedule.num_calls
+  query_start, query_end, num_cached, refresh = (np.zeros(num_calls, np.int32) for _ in range(4))
+  cache_end = 0  # one past the last cached frame
+  for r in range(num_calls):
+    refresh[r] = r == 0 or start[r] != start[r - 1]
+    if refresh[r]:  # the cached frames saw another window: their keys/values are stale
+      cache_end = start[r]
+    query_start[r], num_cached[r] = cache_end, cache_end - start[r]
+    query_end[r] = np.nonzero(steps[r] != prev[r])[0].max() + 1
+    # The frames finished at the start of the call are computed clean in it: cached after it.
+    cache_end = max(cache_end, int(np.argmax(prev[r] < num_steps)))
+  counts = query_end - query_start
+  sizes = _padded_sizes(counts, max_branches)
+  branch = np.searchsorted(np.asarray(sizes), counts).astype(np.int32)
+  return CachePlan(query_start, query_end, num_cached, refresh.astype(bool), branch, sizes)
+
+
+def _padded_sizes(counts: np.ndarray, max_branches: int) -> tuple[int, ...]:
+  """At most max_branches sizes covering every count with the least padded total (DP)."""
+  values, weights = np.unique(counts, return_counts=True)
+  n, inf = len(values), float("inf")
+  # cost[m][j]: least total for values[:j + 1] with m + 1 sizes, the largest values[j].
+  cost = [[inf] * n for _ in range(max_branches)]
+  back = [[-1] * n for _ in range(max_branches)]
+  for j in range(n):
+    cost[0][j] = values[j] * weights[: j + 1].sum()
+    for m in range(1, max_branches):
+      for i in range(j):
+        c = cost[m - 1][i] + values[j] * weights[i + 1 : j + 1].sum()
+        if c < cost[m][j]:
+          cost[m][j], back[m][j] = c, i
+  m = int(np.argmin([cost[m][n - 1] for m in range(max_branches)]))
+  sizes, j = [], n - 1
+  while j >= 0:
+    sizes.append(int(values[j]))
+    j, m = back[m][j], m - 1
+  return tuple(sorted(sizes))
