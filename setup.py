@@ -35,7 +35,8 @@ setuptools.setup(
     name="ardiff",
     version="0.1.0",
     description="AR-Diffusion: asynchronous video generation with auto-regressive diffusion, in JAX/Flax",
-    packages=setuptools.find_packages(include=["ardiff", "ardiff.*"]),
+    # configs/ too: config files import their shared parts (configs.common) from any directory.
+    packages=setuptools.find_packages(include=["ardiff", "ardiff.*", "configs"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0"]},

@@ -1,4 +1,5 @@
-"""Orbax checkpoints (train state, EMA and the data iterator together) and the EMA export.
+"""Orbax checkpoints (train state, EMA and the data iterator together), the EMA export, and
+loading the parameters that inference uses from either.
 
 Layout under the workdir:
   checkpoints/<step>/{state,data}   asynchronous, every checkpoint_every_steps, last k kept
@@ -15,6 +16,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from ardiff import sharding
+from ardiff import train_state
+
 
 class Checkpointer:
   """Saves and restores {"state": train state, "data": grain iterator} by step."""
@@ -25,13 +29,22 @@ class Checkpointer:
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._last_saved = None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def describe_latest(self) -> str:
+    step = self.latest_step()
+    return f"step {step} in {self.directory}" if step is not None else "none (no checkpoint yet)"
+
   def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
     """Starts saving; device arrays are copied to the host before this returns, so the
-    state may be donated to the next step right away."""
+    state may be donated to the next step right away. A step already saved is not saved again
+    (the periodic save and a preemption may fall on the same step)."""
+    if step == self._last_saved:
+      return False
+    self._last_saved = step
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -82,3 +95,27 @@ def load_export(workdir: str, abstract_params=None):
     raise FileNotFoundError(f"No exported model in {path}: train first (the export is written at the end).")
   params = ocp.StandardCheckpointer().restore(path / "params", abstract_params)
   return params, json.loads((path / "config.json").read_text())
+
+
+def load_inference_params(config, workdir: str, mesh=None):
+  """EMA parameters (or the raw ones if config.sampling.use_ema is False) of the latest
+  checkpoint in workdir, else of workdir/export, restored onto this run's mesh whatever
+  topology wrote them. Returns (params, step or None)."""
+  mesh = mesh or sharding.make_mesh(config.mesh)
+  key = "ema_params" if config.sampling.use_ema else "params"
+  ckpt = Checkpointer(workdir)
+  try:
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(train_state.abstract_state(config, mesh))
+      return state[key], int(state["step"])
+  finally:
+    ckpt.close()
+  if os.path.exists(os.path.join(workdir, "export", "params")):
+    if not config.sampling.use_ema:
+      logging.warning("sampling.use_ema=False, but the export holds only the EMA parameters.")
+    params, _ = load_export(workdir, train_state.abstract_state(config, mesh)["ema_params"])
+    return params, None
+  raise FileNotFoundError(
+      f"No checkpoint in {os.path.join(workdir, 'checkpoints')} and no export in"
+      f" {os.path.join(workdir, 'export')}: train first with --mode=train and the same --workdir."
+  )

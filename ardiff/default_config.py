@@ -1,4 +1,5 @@
-"""Every knob of ardiff with its default; the files in configs/ start from here.
+"""Every knob of ardiff with its default; the files in configs/ start from here (the paper's
+preset and the runlocal shrinking are in configs/common.py).
 
 Fields that must agree (frames of the data and of the model; tokens and channels of pixel
 patches) are tied with ml_collections.FieldReference, so that one command-line override such as
@@ -129,29 +130,4 @@ def get_default_config() -> mc.ConfigDict:
   c.eval.cache_dir = mc.config_dict.placeholder(str)
   c.eval.seed = 0
   c.eval.num_videos_during_training = 64  # the small evaluation every eval_every_steps
-  return c
-
-
-def get_paper_config(dataset: str, learning_rate: float, grad_clip: float, num_classes: int = 0):
-  """The paper's stage-2 setup (../shared/PAPER.md): DiT 1152 x 28, 16 heads, on 16 frames of
-  32 latent tokens x 4 channels from the frame autoencoder, FoPP, x0, linear betas, T = 1000,
-  AdamW, EMA 0.9999, global batch 96, 100k steps, DDIM 50 steps."""
-  c = get_default_config()
-  c.num_frames = 16
-  c.global_batch_size = 96
-  c.num_train_steps = 100_000
-  c.train_timesteps = "fopp"
-  c.optimizer.learning_rate = learning_rate
-  c.optimizer.grad_clip = grad_clip
-  c.data.name = dataset
-  c.data.resolution = 256
-  # Latent tokens of the per-frame ViT tokenizer, not pixel patches.
-  c.model.tokens_per_frame = 32
-  c.model.in_channels = 4
-  c.model.num_classes = num_classes
-  c.model.dtype = "bfloat16"
-  c.sampling.clip_denoised = False
-  c.mesh.shape = (-1, 1, 1)
-  c.sampling.num_steps = 50
-  c.sampling.ar_step = 5
   return c

@@ -3,7 +3,8 @@ r"""ardiff entry point.
   python -m ardiff.main --config=configs/demo.py --workdir=/tmp/ardiff_demo [--mode=train]
   python -m ardiff.main --config=configs/taichi.py --config.num_train_steps=20 --workdir=...
 
-Any config field can be overridden as --config.a.b=value.
+Any config field can be overridden as --config.a.b=value; `:runlocal` after the config file
+shrinks it to a few minutes on a laptop; JAX options are flags too (--jax_debug_nans, ...).
 """
 
 import os
@@ -13,6 +14,13 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+
+from ardiff import generate
+from ardiff import train
+from ardiff.evaluation import run as run_eval
+
+# Every JAX option becomes an absl flag (--jax_platforms=cpu, --jax_log_compiles, ...).
+jax.config.config_with_absl()
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, samples.")
@@ -41,18 +49,14 @@ def main(argv):
   if _multiprocess():
     # TPU pods detect themselves; GPU clusters through SLURM / Open MPI / JAX_COORDINATOR_*.
     jax.distributed.initialize()
-  jax.config.update("jax_threefry_partitionable", True)
   logging.info("JAX process %d / %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   config = _CONFIG.value
   if _MODE.value == "train":
-    from ardiff import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, _WORKDIR.value)
   elif _MODE.value == "sample":
-    from ardiff import generate  # pylint: disable=g-import-not-at-top
     generate.sample_and_save(config, _WORKDIR.value)
   else:
-    from ardiff.evaluation import run  # pylint: disable=g-import-not-at-top
-    run.evaluate(config, _WORKDIR.value)
+    run_eval.evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 r"""Seconds per video and model evaluations of AD sampling, with and without the KV cache.
 
-  python benchmarks/sampling.py [--models=demo,paper] [--paper_depth=2] [--videos=4]
+  python -m benchmarks.sampling [--models=demo,paper] [--paper_depth=2] [--videos=4]
 
 Cases: 16 frames at ar_step 0, 5 and 50, and 128 frames at ar_step 5 (50 DDIM steps), each with
 kv_cache on and off, for the demo model and the paper's shape (hidden 1152, 16 heads, 16 x 32
@@ -9,23 +9,19 @@ them. "frames/call" is the mean number of frames one model call runs (the window
 cache). Compile time is reported apart from the run time.
 """
 
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ardiff import default_config  # noqa: E402
-from ardiff import sampling  # noqa: E402
-from ardiff.models import build_model  # noqa: E402
-from configs import demo  # noqa: E402
+from ardiff import sampling
+from ardiff.models import build_model
+from configs import common
+from configs import demo
 
 _MODELS = flags.DEFINE_list("models", ["demo", "paper"], "Which models to time.")
 _PAPER_DEPTH = flags.DEFINE_integer("paper_depth", 2, "Layers of the paper-shape model.")
@@ -34,7 +30,7 @@ _CASES = flags.DEFINE_string("cases", "16:0,16:5,16:50,128:5", "frames:ar_step p
 
 
 def paper_config():
-  c = default_config.get_paper_config("synthetic", learning_rate=2e-4, grad_clip=1.0)
+  c = common.get_paper_config("synthetic", learning_rate=2e-4, grad_clip=1.0)
   c.model.depth = _PAPER_DEPTH.value
   c.model.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   return c

@@ -1,6 +1,6 @@
 r"""Throughput of the jitted train step, next to the matmul FLOP/s this machine reaches.
 
-  python benchmarks/train_step.py [--configs=tiny,demo,paper] [--steps=10] [--paper_depth=2]
+  python -m benchmarks.train_step [--configs=tiny,demo,paper] [--steps=10] [--paper_depth=2]
 
 For each config: steps/s, tokens/s (video tokens: batch x frames x tokens per frame) and the
 achieved FLOP/s, with FLOPs per step from XLA's cost analysis of the compiled step. The matmul
@@ -9,22 +9,21 @@ so the ratio is comparable across noisy, shared machines. "paper" is the paper's
 1152, 16 heads, 16 frames x 32 tokens x 4 channels) with --paper_depth layers instead of 28.
 """
 
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ardiff import default_config  # noqa: E402
-from ardiff import sharding  # noqa: E402
-from ardiff import train  # noqa: E402
-from configs import demo, tiny  # noqa: E402
+from ardiff import sharding
+from ardiff import train
+from ardiff import train_state
+from ardiff.models import build_model
+from configs import common
+from configs import demo
+from configs import tiny
 
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "demo", "paper"], "Which configs to time.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per config (after one warm-up).")
@@ -35,7 +34,7 @@ _PAPER_BATCH = flags.DEFINE_integer("paper_batch", 2, "Global batch of the paper
 def paper_config():
   """The paper's transformer and latent shape (16 frames x 32 tokens x 4 channels), fed random
   latents, with --paper_depth layers instead of 28."""
-  c = default_config.get_paper_config("synthetic", learning_rate=2e-4, grad_clip=1.0)
+  c = common.get_paper_config("synthetic", learning_rate=2e-4, grad_clip=1.0)
   c.model.depth = _PAPER_DEPTH.value
   c.global_batch_size = _PAPER_BATCH.value
   c.model.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
@@ -55,8 +54,8 @@ def matmul_flops_per_sec(n=2048, dtype=jnp.float32, reps=10):
 
 def time_config(name, config):
   mesh = sharding.make_mesh(config.mesh)
-  model, tx = train.build_model(config), train.make_optimizer(config)
-  state = train.create_train_state(config, mesh, jax.random.key(0))
+  model, tx = build_model(config), train_state.make_optimizer(config)
+  state = train_state.create_train_state(config, mesh, jax.random.key(0))
   m = config.model
   b, f = config.global_batch_size, config.num_frames
   rng = np.random.default_rng(0)
@@ -87,7 +86,6 @@ def time_config(name, config):
 
 def main(argv):
   del argv
-  jax.config.update("jax_threefry_partitionable", True)
   builders = {"tiny": tiny.get_config, "demo": demo.get_config, "paper": paper_config}
   device = jax.devices()[0]
   ref_dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16

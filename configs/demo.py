@@ -1,10 +1,11 @@
 """The embedded demo: moving digits (built from scikit-learn's digits), 16 frames of 32x32,
-a small causal DiT trained with FoPP for a few minutes on a laptop CPU."""
+a small causal DiT trained with FoPP for half an hour on a laptop CPU (`:runlocal`: a minute)."""
 
 from ardiff import default_config
+from configs import common
 
 
-def get_config():
+def get_config(arg=None):
   c = default_config.get_default_config()
   c.num_frames = 16
   c.global_batch_size = 16
@@ -34,4 +35,4 @@ def get_config():
   # FVD on the 48-frame samples needs 48-frame real clips: moving_digits stores 32.
   c.eval.data_name = "moving_digits_long"
   c.eval.batch_size = 16
-  return c
+  return common.runlocal(c) if common.parse_arg(arg) else c

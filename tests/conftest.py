@@ -1,5 +1,8 @@
-"""Test setup: 8 fake CPU devices (before jax is imported anywhere) and parsed absl flags."""
+"""Test setup: 8 fake CPU devices (before jax is imported anywhere), parsed absl flags, and the
+configs the tests train (every config file at its runlocal size)."""
 
+import functools
+import importlib
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -20,3 +23,27 @@ import pytest  # noqa: E402
 def tfds_dir(tmp_path_factory):
   """A data dir shared by the tests that train on the real (built-on-first-use) datasets."""
   return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+def runlocal_config(name: str = "tiny", data_dir: str | None = None, **overrides):
+  """configs/<name>.py at its runlocal size (configs.common.runlocal), reading data_dir.
+
+  overrides: config fields, dotted paths as keys (**{"optimizer.learning_rate": 1e-2}).
+  """
+  module = importlib.import_module(f"configs.{name}")
+  c = module.get_config("runlocal")
+  c.data.data_dir = data_dir
+  for key, value in overrides.items():
+    *path, last = key.split(".")
+    target = c
+    for p in path:
+      target = target[p]
+    target[last] = value
+  return c
+
+
+@pytest.fixture(scope="session")
+def make_config(tfds_dir):
+  """The tests' one way to a trainable config: make_config(name="tiny", **overrides) is
+  runlocal_config on the shared test datasets."""
+  return functools.partial(runlocal_config, data_dir=tfds_dir)

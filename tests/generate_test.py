@@ -8,30 +8,22 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from ardiff import checkpoint
 from ardiff import generate
 from ardiff import train
 from ardiff.evaluation import fvd
 from ardiff.evaluation import run as run_eval
-from configs import tiny
 
 
-def tiny_config(data_dir):
-  c = tiny.get_config()
-  c.data.data_dir = data_dir
-  c.num_train_steps = 2
-  c.checkpoint_every_steps = 2
-  c.sampling.num_frames = 12  # three times the trained window of 4
-  c.sampling.num_videos = 3
-  c.sampling.batch_size = 2  # two batches, the last one padded
-  c.eval.num_videos = 4
-  c.eval.batch_size = 4
-  return c
+# A 4-frame model sampled at three times its window, in two batches (the last one padded).
+SAMPLED = {"num_train_steps": 2, "checkpoint_every_steps": 2, "sampling.num_frames": 12,
+           "sampling.num_videos": 3, "sampling.batch_size": 2}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tfds_dir):
+def trained(tmp_path_factory, make_config):
   workdir = str(tmp_path_factory.mktemp("trained"))
-  config = tiny_config(tfds_dir)
+  config = make_config(**SAMPLED)
   config.sample_every_steps = 2  # real samples in the summaries
   config.eval_every_steps = 2  # and a small evaluation during training
   config.eval.num_videos_during_training = 4
@@ -50,8 +42,8 @@ def test_training_summaries_hold_samples_and_fvd(trained):
     assert json.load(f)["step"] == 2
 
 
-def test_sample_mode_writes_videos(trained, tfds_dir):
-  config = tiny_config(tfds_dir)
+def test_sample_mode_writes_videos(trained, make_config):
+  config = make_config(**SAMPLED)
   paths = generate.sample_and_save(config, trained)
   samples = np.load(paths["npy"])
   assert samples.shape == (3, 12, 16, 16, 3) and samples.dtype == np.uint8
@@ -64,15 +56,15 @@ def test_sample_mode_writes_videos(trained, tfds_dir):
   assert iio.imread(paths["grid_png"]).ndim == 3
   # The same seed gives the same videos, whatever the batch size.
   config.sampling.batch_size = 3
-  again = generate.generate(config, generate.load_inference_params(config, trained)[0], 3, progress=False)
+  again = generate.generate(config, checkpoint.load_inference_params(config, trained)[0], 3, progress=False)
   np.testing.assert_array_equal(again, samples)
 
 
-def test_sample_from_export_and_with_prefix(trained, tfds_dir, tmp_path):
+def test_sample_from_export_and_with_prefix(trained, make_config, tmp_path):
   export_only = str(tmp_path / "export_only")
   shutil.copytree(os.path.join(trained, "export"), os.path.join(export_only, "export"))
-  config = tiny_config(tfds_dir)
-  params, step = generate.load_inference_params(config, export_only)
+  config = make_config(**SAMPLED)
+  params, step = checkpoint.load_inference_params(config, export_only)
   assert step is None
   config.sampling.prefix_frames = 2
   videos = generate.generate(config, params, 2, progress=False)
@@ -83,13 +75,13 @@ def test_sample_from_export_and_with_prefix(trained, tfds_dir, tmp_path):
   np.testing.assert_array_equal(videos[:, :2], clips[:, :2])
 
 
-def test_sample_without_a_model_says_train_first(tmp_path, tfds_dir):
+def test_sample_without_a_model_says_train_first(tmp_path, make_config):
   with pytest.raises(FileNotFoundError, match="train first"):
-    generate.load_inference_params(tiny_config(tfds_dir), str(tmp_path))
+    checkpoint.load_inference_params(make_config(**SAMPLED), str(tmp_path))
 
 
-def test_evaluate_mode_writes_metrics(trained, tfds_dir):
-  config = tiny_config(tfds_dir)
+def test_evaluate_mode_writes_metrics(trained, tfds_dir, make_config):
+  config = make_config(**SAMPLED)
   metrics = run_eval.evaluate(config, trained)
   with open(os.path.join(trained, "eval", "metrics.json")) as f:
     saved = json.load(f)
@@ -105,15 +97,15 @@ def test_evaluate_mode_writes_metrics(trained, tfds_dir):
   assert np.load(path).shape == (4, 400)
 
 
-def test_evaluate_video_prediction(trained, tfds_dir):
+def test_evaluate_video_prediction(trained, make_config):
   from ardiff import evaluation  # noqa: PLC0415
   from ardiff.data import pipeline  # noqa: PLC0415
 
-  config = tiny_config(tfds_dir)
+  config = make_config(**SAMPLED)
   config.sampling.prefix_frames = 2
   config.eval.num_videos = 3
   config.eval.batch_size = 2
-  params, step = generate.load_inference_params(config, trained)
+  params, step = checkpoint.load_inference_params(config, trained)
   metrics = run_eval.evaluate_params(config, params, step=step, progress=False)
   assert metrics["prefix_split"] == "test" and np.isfinite(metrics["fvd"])
   # The same videos (seeded) and the clips whose first 2 of 4 frames were given.
@@ -144,14 +136,14 @@ def test_evaluate_video_prediction(trained, tfds_dir):
   assert scores["psnr"] is None and scores["ssim"] is None and scores["lpips"] is None
 
 
-def test_real_features_are_cached(tfds_dir, tmp_path, monkeypatch):
-  config = tiny_config(tfds_dir)
+def test_real_features_are_cached(make_config, tmp_path, monkeypatch):
+  config = make_config(**SAMPLED)
   config.eval.cache_dir = str(tmp_path)
   first = run_eval.real_features(config, 2, 12, progress=False)
   path = run_eval.real_features_path(config, 2, 12)
   np.testing.assert_array_equal(np.load(path), first)
   # Each setting that changes the real clips has a file of its own.
-  other = tiny_config(tfds_dir)
+  other = make_config(**SAMPLED)
   other.eval.cache_dir = str(tmp_path)
   paths = {path, run_eval.real_features_path(other, 3, 12), run_eval.real_features_path(other, 2, 9)}
   other.eval.seed, other.data.resolution = 1, 32
@@ -174,8 +166,8 @@ def test_real_features_are_cached(tfds_dir, tmp_path, monkeypatch):
   np.testing.assert_array_equal(np.load(path), first)
 
 
-def test_long_videos_take_real_clips_from_a_long_dataset(tfds_dir, monkeypatch):
-  config = tiny_config(tfds_dir)
+def test_long_videos_take_real_clips_from_a_long_dataset(make_config, monkeypatch):
+  config = make_config(**SAMPLED)
   # moving_digits stores 32 frames: the message names the setting that helps.
   with pytest.raises(ValueError, match="40 frames.*--config.eval.data_name.*moving_digits_long"):
     run_eval.real_clips(config, 2, 40)

@@ -19,24 +19,14 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from ardiff import checkpoint
+from ardiff import loop
 from ardiff import sharding
 from ardiff import train
+from ardiff import train_state
 from configs import demo
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data_dir, **overrides):
-  c = tiny.get_config()
-  c.data.data_dir = data_dir
-  for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return c
 
 
 def fixed_batch(config, seed=0):
@@ -51,7 +41,7 @@ def fixed_batch(config, seed=0):
 
 def run_steps(config, devices, n, batch):
   mesh = sharding.make_mesh(config.mesh, devices)
-  state = train.create_train_state(config, mesh, jax.random.key(config.seed))
+  state = train_state.create_train_state(config, mesh, jax.random.key(config.seed))
   step = train.make_train_step(config, mesh)
   losses = []
   for _ in range(n):
@@ -93,7 +83,7 @@ def test_sharded_parameters_are_actually_split():
   config = tiny.get_config()
   config.mesh.shape = (2, 2, 2)
   mesh = sharding.make_mesh(config.mesh)
-  state = train.create_train_state(config, mesh, jax.random.key(0))
+  state = train_state.create_train_state(config, mesh, jax.random.key(0))
   kernel = state["params"]["block_0"]["mlp"]["fc1"]["kernel"]  # ("embed", "mlp")
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
@@ -113,14 +103,14 @@ def read_tensors(workdir, tag):
   return values
 
 
-def test_resume_is_exact_and_summaries_are_written(tmp_path, tfds_dir):
+def test_resume_is_exact_and_summaries_are_written(tmp_path, make_config):
   n = 4
   straight = str(tmp_path / "straight")
-  config = tiny_config(tfds_dir, num_train_steps=2 * n, log_every_steps=1,
+  config = make_config(num_train_steps=2 * n, log_every_steps=1,
                        checkpoint_every_steps=n, sample_every_steps=n)
   train.train_and_evaluate(config, straight)
   resumed = str(tmp_path / "resumed")
-  train.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=n, log_every_steps=1,
+  train.train_and_evaluate(make_config(num_train_steps=n, log_every_steps=1,
                                        checkpoint_every_steps=n, sample_every_steps=n), resumed)
   train.train_and_evaluate(config, resumed)
 
@@ -129,7 +119,7 @@ def test_resume_is_exact_and_summaries_are_written(tmp_path, tfds_dir):
   for s in loss_a:
     assert float(loss_a[s]) == float(loss_b[s]), s
   mesh = sharding.make_mesh(config.mesh)
-  abstract = train.abstract_state(config, mesh)
+  abstract = train_state.abstract_state(config, mesh)
   a = checkpoint.Checkpointer(straight).restore(abstract)
   b = checkpoint.Checkpointer(resumed).restore(abstract)
   assert int(a["step"]) == int(b["step"]) == 2 * n
@@ -150,10 +140,10 @@ def test_resume_is_exact_and_summaries_are_written(tmp_path, tfds_dir):
   assert exported_config["num_frames"] == config.num_frames
 
 
-def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir):
+def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir, make_config):
   workdir = str(tmp_path / "preempted")
   cmd = [
-      sys.executable, "-m", "ardiff.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+      sys.executable, "-m", "ardiff.main", "--config=configs/demo.py:runlocal", f"--workdir={workdir}",
       "--config.num_train_steps=100000", "--config.log_every_steps=1",
       "--config.checkpoint_every_steps=100000", f"--config.data.data_dir={tfds_dir}",
   ]
@@ -176,8 +166,8 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir):
   ckpt = checkpoint.Checkpointer(workdir)
   step = ckpt.latest_step()
   assert step is not None and step >= 3
-  config = tiny_config(tfds_dir)
-  state = ckpt.restore(train.abstract_state(config, sharding.make_mesh(config.mesh)))
+  config = make_config()
+  state = ckpt.restore(train_state.abstract_state(config, sharding.make_mesh(config.mesh)))
   assert int(state["step"]) == step
   assert not os.path.exists(os.path.join(workdir, "export"))  # not finished: no export
 
@@ -198,21 +188,21 @@ def test_demo_config_runs_on_its_real_datasets(tmp_path, tfds_dir):
     assert read_tensors(str(tmp_path / name), "reconstructions")
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tfds_dir):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, make_config):
   workdir = str(tmp_path / "nan")
-  train.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=2, checkpoint_every_steps=2), workdir)
-  bad = tiny_config(tfds_dir, num_train_steps=30, checkpoint_every_steps=3, log_every_steps=100)
+  train.train_and_evaluate(make_config(num_train_steps=2, checkpoint_every_steps=2), workdir)
+  bad = make_config(num_train_steps=30, checkpoint_every_steps=3, log_every_steps=100)
   bad.optimizer.learning_rate = 1e35
-  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+.*last good checkpoint is step \d+"):
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step \d+.*last good checkpoint is step \d+"):
     train.train_and_evaluate(bad, workdir)
   ckpt = checkpoint.Checkpointer(workdir)
-  state = ckpt.restore(train.abstract_state(bad, sharding.make_mesh(bad.mesh)))
+  state = ckpt.restore(train_state.abstract_state(bad, sharding.make_mesh(bad.mesh)))
   for leaf in jax.tree.leaves(state):
     assert np.all(np.isfinite(np.asarray(leaf)))
 
 
-def test_config_errors_say_what_to_change(tfds_dir):
-  c = tiny_config(tfds_dir)
+def test_config_errors_say_what_to_change(make_config):
+  c = make_config()
   c.mesh.shape = (3, 1, 1)
   with pytest.raises(ValueError, match=r"needs 3 devices but 8 are available"):
     sharding.make_mesh(c.mesh)
@@ -223,12 +213,12 @@ def test_config_errors_say_what_to_change(tfds_dir):
   c.global_batch_size = 12
   with pytest.raises(ValueError, match="global_batch_size=12 is not divisible by the 8 devices"):
     sharding.check_global_batch(c, sharding.make_mesh(c.mesh))
-  c = tiny_config(tfds_dir)
+  c = make_config()
   c.model = ml_collections.ConfigDict(c.model.to_dict())  # untie model.num_frames from num_frames
   c.model.num_frames = 8
   with pytest.raises(ValueError, match="differs from config.model.num_frames"):
     train.check_config(c)
-  c = tiny_config(tfds_dir)
+  c = make_config()
   c.data.name = "taichi"
   with pytest.raises(NotImplementedError, match="taichi"):
     train.train_and_evaluate(c, "/tmp/unused")

@@ -14,6 +14,7 @@ import functools
 
 import numpy as np
 from PIL import Image
+from sklearn import datasets as sklearn_datasets
 import tensorflow_datasets as tfds
 
 from ardiff.data import builder_base
@@ -30,8 +31,7 @@ TRAIN_IMAGES = 1500
 @functools.cache
 def load_glyphs() -> tuple[np.ndarray, np.ndarray]:
   """The 1797 sklearn digits as float32 [N, GLYPH, GLYPH] in [0, 1], and their labels [N]."""
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top  (slow import)
-  digits = datasets.load_digits()
+  digits = sklearn_datasets.load_digits()
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)
   glyphs = np.stack([
       np.asarray(Image.fromarray(im).resize((GLYPH, GLYPH), Image.Resampling.BICUBIC))

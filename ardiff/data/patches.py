@@ -29,3 +29,24 @@ def to_model_input(video_uint8: jnp.ndarray) -> jnp.ndarray:
 def to_uint8(video: jnp.ndarray) -> jnp.ndarray:
   """float in [-1, 1] -> uint8, clipping out-of-range values (samples overshoot)."""
   return jnp.round(jnp.clip((video + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+
+
+def is_pixel_config(config) -> bool:
+  """Whether the model's tokens are pixel patches (else latent tokens of the frame autoencoder)."""
+  return config.model.tokens_per_frame == (config.data.resolution // config.data.patch_size) ** 2
+
+
+def video_to_tokens(config, video_uint8: jnp.ndarray) -> jnp.ndarray:
+  """uint8 frames [..., F, H, W, 3] -> model tokens [..., F, L, C] of a pixel config."""
+  return patchify(to_model_input(video_uint8), config.data.patch_size)
+
+
+def tokens_to_video(config, tokens: jnp.ndarray) -> jnp.ndarray:
+  """Model tokens [..., F, L, C] -> uint8 frames [..., F, H, W, 3] of a pixel config."""
+  if not is_pixel_config(config):
+    raise NotImplementedError(
+        "This config generates latent tokens; decoding them needs the frame autoencoder,"
+        " which is not available yet in this version."
+    )
+  r = config.data.resolution
+  return to_uint8(unpatchify(tokens, config.data.patch_size, r, r))

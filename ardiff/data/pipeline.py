@@ -8,11 +8,13 @@ uses area averaging when shrinking and bilinear interpolation when enlarging (fr
 import dataclasses
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
 from ardiff.data import datasets
 from ardiff.data import frames
+from ardiff.data import patches
 
 num_classes = datasets.num_classes  # Re-exported: metadata needs no data on disk.
 
@@ -57,7 +59,6 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
     process_count: defaults to jax.process_count().
   """
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top  (only when not given)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if config.global_batch_size % process_count:
@@ -106,6 +107,32 @@ def load_clips(config: ml_collections.ConfigDict, split: str, num_clips: int, *,
     return np.zeros(shape, np.uint8), np.zeros((0,), np.int32)
   return (np.stack([c["video"] for c in clips]),
           np.array([c["label"] for c in clips], np.int32))
+
+
+def prefix_clips(config: ml_collections.ConfigDict, num_videos: int):
+  """The real clips whose first config.sampling.prefix_frames frames are given (video
+  prediction): uint8 [N, config.num_frames, H, W, 3] from sampling.prefix_split, and their labels.
+  (None, None) without prefix frames. The frames after the prefix are the true continuation."""
+  k = config.sampling.prefix_frames
+  if not k:
+    return None, None
+  if k >= (config.sampling.num_frames or config.model.num_frames):
+    raise ValueError(f"sampling.prefix_frames={k} leaves no frame to generate.")
+  if k > config.num_frames:
+    raise ValueError(
+        f"sampling.prefix_frames={k} is longer than the training clips ({config.num_frames}"
+        " frames) that the prefixes are cut from."
+    )
+  return load_clips(config, config.sampling.prefix_split, num_videos, seed=config.sampling.seed)
+
+
+def prefix_tokens(config: ml_collections.ConfigDict, num_videos: int):
+  """The given frames of prefix_clips as model tokens [N, prefix_frames, L, C], and labels."""
+  clips, labels = prefix_clips(config, num_videos)
+  if clips is None:
+    return None, None
+  tokens = patches.video_to_tokens(config, clips[:, :config.sampling.prefix_frames])
+  return np.asarray(tokens), labels
 
 
 def _random_clip(config: ml_collections.ConfigDict, source) -> RandomClip:

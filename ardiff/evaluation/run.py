@@ -10,10 +10,15 @@ import json
 import os
 
 from absl import logging
+from clu import metric_writers
 import jax
 import ml_collections
 import numpy as np
 
+from ardiff import checkpoint
+from ardiff import generate
+from ardiff.data import datasets
+from ardiff.data import pipeline
 from ardiff.evaluation import fvd
 from ardiff.evaluation import i3d
 from ardiff.evaluation import metrics as frame_metrics
@@ -25,8 +30,6 @@ def real_data_name(config) -> str:
 
 def real_clips(config, num_videos: int, num_frames: int) -> np.ndarray:
   """num_videos real clips of num_frames frames from config.eval.split (uint8)."""
-  from ardiff.data import pipeline  # pylint: disable=g-import-not-at-top
-
   c = ml_collections.ConfigDict(config.to_dict())  # a copy with its own clip length and data
   c.num_frames = num_frames
   c.data.name = real_data_name(config)
@@ -46,8 +49,6 @@ def real_clips(config, num_videos: int, num_frames: int) -> np.ndarray:
 
 def real_features_path(config, num_videos: int, num_frames: int) -> str:
   """The cache file of the I3D features of the real clips that an evaluation compares with."""
-  from ardiff.data import datasets  # pylint: disable=g-import-not-at-top
-
   name = real_data_name(config)
   directory = config.eval.cache_dir or os.path.join(
       datasets.resolve_data_dir(config.data.data_dir), "fvd_real_features")
@@ -93,8 +94,6 @@ def prediction_metrics(config, fake: np.ndarray) -> dict:
   [prefix_frames, min(generated, config.num_frames)). Metrics the frame size does not allow
   (SSIM below 11x11, LPIPS below 32x32) are None.
   """
-  from ardiff import generate  # pylint: disable=g-import-not-at-top
-
   begin = config.sampling.prefix_frames
   if begin >= config.num_frames:  # the prefix is the whole stored clip: nothing to compare with
     logging.warning(
@@ -103,7 +102,7 @@ def prediction_metrics(config, fake: np.ndarray) -> dict:
         begin, config.num_frames)
     return {"psnr": None, "ssim": None, "lpips": None, "prediction_frames": [begin, begin],
             "prefix_split": config.sampling.prefix_split}
-  truth, _ = generate.prefix_clips(config, len(fake))
+  truth, _ = pipeline.prefix_clips(config, len(fake))
   end = min(fake.shape[1], truth.shape[1])
   a, b = fake[:, begin:end], truth[:, begin:end]
   size = min(a.shape[2:4])
@@ -122,8 +121,6 @@ def prediction_metrics(config, fake: np.ndarray) -> dict:
 
 def evaluate_params(config, params, *, step=None, num_videos=None, progress=True) -> dict:
   """Generates videos with params, computes FVD against real clips; returns the metrics."""
-  from ardiff import generate  # pylint: disable=g-import-not-at-top
-
   n = num_videos or config.eval.num_videos
   c = ml_collections.ConfigDict(config.to_dict())
   c.sampling.batch_size = config.eval.batch_size
@@ -167,11 +164,7 @@ def write_metrics(workdir: str, metrics: dict, writer=None, name: str = "metrics
 
 def evaluate(config, workdir: str) -> dict:
   """The --mode=evaluate entry: latest checkpoint (or export) -> workdir/eval/metrics.json."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-
-  from ardiff import generate  # pylint: disable=g-import-not-at-top
-
-  params, step = generate.load_inference_params(config, workdir)
+  params, step = checkpoint.load_inference_params(config, workdir)
   metrics = evaluate_params(config, params, step=step)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   path = write_metrics(workdir, metrics, writer)

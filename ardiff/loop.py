@@ -1,0 +1,204 @@
+"""The parts of a training loop that every trainer shares (the diffusion model's in train.py,
+the frame autoencoder's next to it): a metrics buffer that owns the host sync and the
+non-finite check, preemption, periodic actions, hyperparameters and the parameter overview.
+
+A trainer builds its state and jitted step, then hands them to `run`:
+
+  with loop.Preemption(ckpt) as preemption:
+    state, preempted = loop.run(state, step_fn, next_batch, start=..., num_steps=...,
+                                metrics=buffer, actions=[...], preemption=preemption, save=...)
+"""
+
+import signal
+import time
+from typing import Any, Callable, Sequence
+
+from absl import logging
+from clu import parameter_overview
+from clu import periodic_actions
+import jax
+import numpy as np
+
+from ardiff import summaries
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class MetricsBuffer:
+  """The device metrics of the steps since the last report, and the one place that reads them.
+
+  Steps are dispatched asynchronously; `add` keeps at most max_in_flight of them running ahead
+  of the host (so that a SIGTERM is acted on within a step or two, with no data brought back).
+  `check` brings the pending metrics to the host and raises NonFiniteLossError if any of
+  check_keys is NaN or infinite: call it before anything that must not see a diverged state (a
+  checkpoint, samples, an evaluation). `flush` checks, then returns the averages and clears.
+  """
+
+  def __init__(self, check_keys: Sequence[str] = ("loss", "grad_norm"), max_in_flight: int = 2,
+               last_good: Callable[[], str] = lambda: "none"):
+    self.check_keys = tuple(check_keys)
+    self.max_in_flight = max_in_flight
+    self.last_good = last_good  # describes the last good checkpoint, for the error message
+    self._steps: list[int] = []
+    self._pending: list[dict] = []  # device arrays, not yet read
+    self._host: list[dict] = []  # read and checked
+
+  def add(self, step: int, metrics: dict):
+    self._steps.append(step)
+    self._pending.append(metrics)
+    if len(self._pending) > self.max_in_flight:
+      jax.block_until_ready(self._pending[-self.max_in_flight - 1])
+
+  def check(self):
+    if not self._pending:
+      return
+    values = jax.device_get(self._pending)
+    first = len(self._host)
+    for step, v in zip(self._steps[first:], values):
+      bad = {k: float(v[k]) for k in self.check_keys if k in v and not np.all(np.isfinite(v[k]))}
+      if bad:
+        raise NonFiniteLossError(
+            f"Non-finite {bad} at step {step}. Training stopped without saving; the last good"
+            f" checkpoint is {self.last_good()}. Lower config.optimizer.learning_rate or"
+            " grad_clip, or check the data, then rerun with the same --workdir to resume from it."
+        )
+    self._host.extend(values)
+    self._pending = []
+
+  def flush(self) -> dict:
+    """Averages over the steps since the last flush ({} if none); vectors become one scalar per
+    entry (summaries.scalars_from_metrics)."""
+    self.check()
+    if not self._host:
+      return {}
+    out = summaries.scalars_from_metrics(self._host)
+    self._steps, self._host = [], []
+    return out
+
+
+class Preemption:
+  """SIGTERM (a preemption notice): the loop stops after the step in flight, at a step that every
+  process agrees on, and saves.
+
+  One process: a Python handler sets a flag. Several: JAX's preemption notifier (set up by
+  jax.distributed.initialize) catches the signal and Orbax's reached_preemption agrees on the
+  step across processes; a Python handler here would replace JAX's, so none is installed.
+  """
+
+  def __init__(self, checkpointer):
+    self._manager = checkpointer.manager
+    self._signalled = False
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _handle(self, *_):
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to stop after `step`: read once per step (the signal may arrive any time)."""
+    if jax.process_count() > 1:
+      return bool(self._manager.reached_preemption(step))
+    return self._signalled
+
+
+def every(num_steps: int, callback: Callable[..., Any], *, last_step: int,
+          metrics: MetricsBuffer | None = None) -> periodic_actions.PeriodicCallback | None:
+  """A clu PeriodicCallback running callback(step=, t=, **kwargs) every num_steps steps and at
+  last_step; None when num_steps is 0 (off). With metrics, their non-finite check runs first."""
+  if not num_steps:
+    return None
+
+  def checked(**kwargs):
+    if metrics is not None:
+      metrics.check()
+    return callback(**kwargs)
+
+  checked.__name__ = getattr(callback, "__name__", "callback")
+  return periodic_actions.PeriodicCallback(
+      every_steps=num_steps, on_steps=[last_step], callback_fn=checked)
+
+
+def flat_hparams(config) -> dict:
+  """The config as TensorBoard hyperparameters: dotted keys, scalar values (others as text)."""
+  out = {}
+
+  def visit(prefix, node):
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, dict):
+        visit(key + ".", v)
+      else:
+        out[key] = v if isinstance(v, (bool, int, float, str)) else str(v)
+
+  visit("", config.to_dict())
+  return out
+
+
+def count_parameters(params) -> int:
+  return parameter_overview.count_parameters(params)
+
+
+def describe_parameters(params) -> str:
+  """clu's table of the parameter arrays: names, shapes, shardings, and the total count."""
+  return parameter_overview.get_parameter_overview(params, include_stats=False)
+
+
+class ConsoleReport:
+  """ardiff's own progress line every log step: step, the main metrics, steps/s, ETA."""
+
+  def __init__(self, num_steps: int, keys: Sequence[str] = ("loss", "grad_norm")):
+    self.num_steps, self.keys = num_steps, tuple(keys)
+    self._last = None  # (step, time)
+
+  def __call__(self, step: int, scalars: dict):
+    now = time.monotonic()
+    line = f"step {step}/{self.num_steps}" + "".join(
+        f"  {k} {scalars[k]:.4f}" for k in self.keys if k in scalars)
+    if self._last is not None and step > self._last[0]:
+      rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
+      eta = (self.num_steps - step) / max(rate, 1e-9)
+      line += f"  {rate:.2f} steps/s  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+    self._last = (step, now)
+    if jax.process_index() == 0:
+      print(line, flush=True)
+
+
+def run(state, step_fn, next_batch, *, start: int, num_steps: int, metrics: MetricsBuffer,
+        actions: Sequence[Any], preemption: Preemption, save: Callable[[int, Any], Any]):
+  """Steps from `start` to num_steps: state, step_metrics = step_fn(state, batch).
+
+  After each step its metrics go to the buffer, then every action runs in order: clu periodic
+  actions, a PeriodicCallback called as action(step, state=state, batch=batch) (None entries
+  are skipped; the periodic checkpoint is one of them). On preemption the step is saved with
+  save(step, state) after a non-finite check, and the loop stops. Returns (state, preempted).
+  """
+  actions = [a for a in actions if a is not None]
+  for step in range(start, num_steps):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      batch = next_batch()
+      state, step_metrics = step_fn(state, batch)
+    step += 1
+    metrics.add(step, step_metrics)
+    stop = preemption.reached(step)
+    for action in actions:
+      if isinstance(action, periodic_actions.PeriodicCallback):
+        action(step, state=state, batch=batch)
+      else:
+        action(step)
+    if stop:
+      metrics.check()
+      save(step, state)
+      logging.warning("Preempted: saved step %d; exiting.", step)
+      return state, True
+  return state, False
