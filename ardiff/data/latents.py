@@ -1,0 +1,145 @@
+"""Latent datasets: the autoencoder's latents of a video dataset, which stage 2 trains on.
+
+Made by `python -m ardiff.main --mode=extract_latents --config=<stage-1 config> --workdir=<its
+workdir>` (ardiff/extract_latents.py) into <workdir>/latents/<dataset>/<split>/:
+  shard-00000.array_record, ...   one record per video, in the dataset's order
+  manifest.json                   written last: counts, shapes, the source and the autoencoder
+
+A record is a msgpack dict {"latents": float32 [F, N, C] (posterior means, per frame),
+"label": int, "index": int (the video's index in the source split)}. A split without its
+manifest is unfinished: extraction resumes it, reading refuses it.
+"""
+
+import copy
+import json
+import os
+
+from array_record.python import array_record_module
+from flax import serialization
+import grain
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+def dataset_dir(autoencoder_workdir: str, data_name: str) -> str:
+  return os.path.join(os.path.abspath(autoencoder_workdir), "latents", data_name)
+
+
+def shard_path(split_dir: str, index: int) -> str:
+  return os.path.join(split_dir, f"shard-{index:05d}.array_record")
+
+
+def encode_record(latents: np.ndarray, label: int, index: int) -> bytes:
+  return serialization.msgpack_serialize(
+      {"latents": np.asarray(latents, np.float32), "label": int(label), "index": int(index)})
+
+
+def decode_record(data: bytes) -> dict:
+  record = serialization.msgpack_restore(data)
+  return {"latents": np.asarray(record["latents"], np.float32),
+          "label": np.int32(record["label"]), "index": int(record["index"])}
+
+
+def write_shard(path: str, records: list[bytes]):
+  """Writes a shard atomically: a reader or a resumed extraction never sees half of one."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+  for r in records:
+    writer.write(r)
+  writer.close()
+  os.replace(tmp, path)
+
+
+def read_shard(path: str) -> list[dict]:
+  """Every record of one shard, decoded."""
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    return [decode_record(r) for r in reader.read_all()]
+  finally:
+    reader.close()
+
+
+def read_manifest(split_dir: str) -> dict | None:
+  path = os.path.join(split_dir, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_manifest(split_dir: str, manifest: dict):
+  tmp = os.path.join(split_dir, f"{MANIFEST}.tmp{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(tmp, os.path.join(split_dir, MANIFEST))
+
+
+class LatentSource(grain.sources.RandomAccessDataSource):
+  """A finished split of a latent dataset as decoded records (a grain random-access source)."""
+
+  def __init__(self, split_dir: str):
+    self.manifest = read_manifest(split_dir)
+    if self.manifest is None:
+      raise FileNotFoundError(f"No finished latent dataset in {split_dir} (no {MANIFEST}).")
+    paths = [os.path.join(split_dir, name) for name in self.manifest["shards"]]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+      raise FileNotFoundError(f"Latent dataset {split_dir} lacks {missing}: extract it again.")
+    self._source = grain.sources.ArrayRecordDataSource(paths)
+    if len(self._source) != self.manifest["num_videos"]:
+      raise ValueError(f"Latent dataset {split_dir} holds {len(self._source)} records, its"
+                       f" manifest says {self.manifest['num_videos']}: extract it again.")
+    self.indices = np.arange(len(self._source))
+    # int [V]: the frame count of every record, from the manifest (no decoding).
+    self.num_frames = np.asarray(self.manifest["num_frames"], np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index) -> dict:
+    return decode_record(self._source[int(self.indices[index])])
+
+  def subset(self, keep: np.ndarray) -> "LatentSource":
+    """The records where keep (bool [V]) holds, as the video datasets' sources do."""
+    out = copy.copy(self)
+    out.indices, out.num_frames = self.indices[keep], self.num_frames[keep]
+    return out
+
+
+def split_dir(config, split: str) -> str:
+  """Where the latents of config.data.name's split are, for a stage-2 config."""
+  return os.path.join(dataset_dir(config.latents.autoencoder_workdir, config.data.name), split)
+
+
+def check_ready(config, split: str = "train") -> dict:
+  """The manifest of the latents a stage-2 config trains on; errors say how to make them."""
+  workdir = config.latents.autoencoder_workdir
+  m = config.model
+  if not workdir:
+    raise ValueError(
+        f"This config trains on latent tokens ({m.tokens_per_frame} x {m.in_channels} per"
+        " frame) of a frame autoencoder: set --config.latents.autoencoder_workdir=<its stage-1"
+        " workdir>. Train one with the dataset's configs/<dataset>_vae.py (e.g."
+        f" configs/{config.data.name}_vae.py; the demo's: configs/demo_vae.py), then run"
+        " --mode=extract_latents with that config and workdir.")
+  directory = split_dir(config, split)
+  manifest = read_manifest(directory)
+  if manifest is None:
+    raise FileNotFoundError(
+        f"No latents of {config.data.name} ({split}) in {directory}. Make them with:\n"
+        f"  python -m ardiff.main --mode=extract_latents --config=<the config {workdir} was"
+        f" trained with, e.g. configs/{config.data.name}_vae.py> --workdir={workdir}")
+  made_at = manifest["identity"]["resolution"]
+  if made_at != config.data.resolution:
+    raise ValueError(
+        f"The latents in {directory} encode {made_at}x{made_at} frames; this config's"
+        f" data.resolution is {config.data.resolution} (its real clips for FVD and prefixes):"
+        f" set --config.data.resolution={made_at}.")
+  shape = (manifest["tokens_per_frame"], manifest["channels"])
+  if shape != (m.tokens_per_frame, m.in_channels):
+    raise ValueError(
+        f"The latents in {directory} have {shape[0]} tokens x {shape[1]} channels per frame;"
+        f" this config's model expects {m.tokens_per_frame} x {m.in_channels}: set"
+        f" config.model.tokens_per_frame={shape[0]} and config.model.in_channels={shape[1]}.")
+  return manifest
