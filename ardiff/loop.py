@@ -1,24 +1,27 @@
 """The parts of a training loop that every trainer shares (the diffusion model's in train.py,
-the frame autoencoder's next to it): a metrics buffer that owns the host sync and the
-non-finite check, preemption, periodic actions, hyperparameters and the parameter overview.
+the frame autoencoder's in train_autoencoder.py): a metrics buffer that owns the host sync and
+the non-finite check, preemption, periodic actions, hyperparameters and the parameter overview,
+put together by `Run`. A trainer builds its state and its jitted step, then:
 
-A trainer builds its state and jitted step, then hands them to `run`:
-
-  with loop.Preemption(ckpt) as preemption:
-    state, preempted = loop.run(state, step_fn, next_batch, start=..., num_steps=...,
-                                metrics=buffer, actions=[...], preemption=preemption, save=...)
+  run = loop.Run(config, workdir, data_iterator)
+  state = run.restore_or_create(abstract_state, create_state)
+  state, preempted = run.train(state, step_fn, extra_actions=[loop.every(...), ...])
+  run.close()
 """
 
+import os
 import signal
 import time
 from typing import Any, Callable, Sequence
 
 from absl import logging
+from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
 import jax
 import numpy as np
 
+from ardiff import checkpoint
 from ardiff import summaries
 
 
@@ -202,3 +205,91 @@ def run(state, step_fn, next_batch, *, start: int, num_steps: int, metrics: Metr
       logging.warning("Preempted: saved step %d; exiting.", step)
       return state, True
   return state, False
+
+
+class Run:
+  """A training run in a workdir, set up as every trainer needs it: the summary writer (only
+  process 0 writes), the Orbax checkpointer with the data iterator, the metrics buffer, clu's
+  progress report, the console line, the periodic log and save, preemption.
+
+  Writes workdir/config.json (the config the run was started with: what loads its weights
+  later rebuilds the model from it) and TensorBoard summaries into workdir.
+  """
+
+  def __init__(self, config, workdir: str, data_iterator,
+               console_keys: Sequence[str] = ("loss", "grad_norm"),
+               check_keys: Sequence[str] = ("loss", "grad_norm")):
+    self.config, self.workdir, self.data_iterator = config, workdir, data_iterator
+    self.lead = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if self.lead:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.lead)
+    self.ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    self.metrics = MetricsBuffer(check_keys, last_good=self.ckpt.describe_latest)
+    n = config.num_train_steps
+    self.report = periodic_actions.ReportProgress(
+        num_train_steps=n, writer=self.writer, every_steps=config.log_every_steps, every_secs=None)
+    self.console = ConsoleReport(n, console_keys)
+    self.scalars = {}  # the last scalars written
+
+  def restore_or_create(self, abstract_state, create: Callable[[], Any]):
+    """The latest checkpoint (with the data iterator's position) restored onto abstract_state,
+    else create(): a new state, whose hyperparameters and parameters are then reported."""
+    state = self.ckpt.restore(abstract_state, self.data_iterator)
+    if state is not None:
+      if self.lead:
+        print(f"Resumed from step {int(state['step'])} ({self.ckpt.directory}).", flush=True)
+      return state
+    state = create()
+    self.writer.write_hparams(flat_hparams(self.config))
+    logging.info("Parameters:\n%s", describe_parameters(state["params"]))
+    if self.lead:
+      print(f"Training from scratch: {count_parameters(state['params']):,} parameters.",
+            flush=True)
+    return state
+
+  def log(self, step: int, **_):
+    scalars = self.metrics.flush()
+    if scalars:
+      self.writer.write_scalars(step, scalars)
+      self.console(step, scalars)
+      self.scalars = scalars
+
+  def save(self, step: int, state, **_):
+    self.ckpt.save(step, state, self.data_iterator, force=True)
+
+  def every(self, num_steps: int, callback: Callable[..., Any]):
+    """A periodic action of this run (every num_steps and at the last step), after the
+    non-finite check; None when num_steps is 0."""
+    return every(num_steps, callback, last_step=self.config.num_train_steps, metrics=self.metrics)
+
+  def train(self, state, step_fn, extra_actions: Sequence[Any] = ()):
+    """Steps to config.num_train_steps: step_fn(state, host_batch) -> (state, metrics). Logs
+    every log_every_steps, runs extra_actions, saves every checkpoint_every_steps, at the end
+    and on preemption. Returns (state, preempted)."""
+    c = self.config
+    actions = [self.report, every(c.log_every_steps, self.log, last_step=c.num_train_steps),
+               *extra_actions, self.every(c.checkpoint_every_steps, self.save)]
+    with Preemption(self.ckpt) as preemption:
+      state, preempted = run(
+          state, step_fn, lambda: next(self.data_iterator), start=int(state["step"]),
+          num_steps=c.num_train_steps, metrics=self.metrics, actions=actions,
+          preemption=preemption, save=self.save)
+    self.log(int(state["step"]))  # the steps since the last report (after a preemption)
+    self.ckpt.wait()
+    if preempted and self.lead:
+      print(f"SIGTERM: saved checkpoint {int(state['step'])} in {self.ckpt.directory}; exiting.",
+            flush=True)
+    return state, preempted
+
+  def close(self):
+    self.ckpt.wait()
+    self.ckpt.close()
+    self.writer.flush()
+    if hasattr(self.data_iterator, "close"):
+      self.data_iterator.close()
+    if self.lead:
+      print(f"TensorBoard logs: {os.path.abspath(self.workdir)}  (tensorboard --logdir"
+            f" {self.workdir})", flush=True)

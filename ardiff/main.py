@@ -15,8 +15,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from ardiff import extract_latents
 from ardiff import generate
 from ardiff import train
+from ardiff import train_autoencoder
 from ardiff.evaluation import run as run_eval
 
 # Every JAX option becomes an absl flag (--jax_platforms=cpu, --jax_log_compiles, ...).
@@ -24,7 +26,10 @@ jax.config.config_with_absl()
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate"], "What to run.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "sample", "evaluate", "extract_latents"],
+    "What to run: train (the model config.trainer names), sample, evaluate, or extract_latents"
+    " (an autoencoder's latents of config.data.name, for stage 2).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Environment variables that say this process is one of several.
@@ -51,8 +56,19 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX process %d / %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   config = _CONFIG.value
+  if config.trainer not in ("diffusion", "autoencoder"):
+    raise app.UsageError(f"config.trainer={config.trainer!r}: diffusion or autoencoder.")
+  if config.trainer == "autoencoder" and _MODE.value in ("sample", "evaluate"):
+    raise app.UsageError(
+        f"--mode={_MODE.value} runs a diffusion config; this one trains the autoencoder (its"
+        " reconstructions are in TensorBoard). Use --mode=train or --mode=extract_latents.")
   if _MODE.value == "train":
-    train.train_and_evaluate(config, _WORKDIR.value)
+    if config.trainer == "autoencoder":
+      train_autoencoder.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      train.train_and_evaluate(config, _WORKDIR.value)
+  elif _MODE.value == "extract_latents":
+    extract_latents.extract(config, _WORKDIR.value)
   elif _MODE.value == "sample":
     generate.sample_and_save(config, _WORKDIR.value)
   else:

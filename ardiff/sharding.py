@@ -63,8 +63,13 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def batch_devices(config, mesh) -> int:
+  """How many ways the batch axes split a batch."""
+  return math.prod(mesh.shape[a] for a in batch_axes(config))
+
+
 def check_global_batch(config, mesh):
-  n = math.prod(mesh.shape[a] for a in batch_axes(config))
+  n = batch_devices(config, mesh)
   if config.global_batch_size % n:
     raise ValueError(
         f"global_batch_size={config.global_batch_size} is not divisible by the {n} devices of"

@@ -5,11 +5,7 @@ built from the shared parts of ardiff/loop.py, which the frame autoencoder's tra
 """
 
 import functools
-import os
 
-from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,9 +22,11 @@ from ardiff import summaries
 from ardiff import timesteps
 from ardiff import train_state
 from ardiff.data import datasets
+from ardiff.data import latents
 from ardiff.data import patches
 from ardiff.data import pipeline
 from ardiff.evaluation import run as run_eval
+from ardiff.models import autoencoder as autoencoder_lib
 from ardiff.models import build_model
 
 
@@ -36,10 +34,13 @@ def model_inputs(config, batch) -> tuple[jax.Array, jax.Array | None]:
   """The clean tokens [B, F, L, C] and labels of a batch, on device inside jit.
 
   Pixel batches carry uint8 frames "video" [B, F, H, W, 3], cut into patches here; latent
-  batches (pre-extracted autoencoder tokens, the paper's stage 2) carry "latents" [B, F, L, C].
+  batches (the autoencoder's tokens, the paper's stage 2) carry "latents" [B, F, L, C], each
+  token L2-normalised over its channels as the paper does (config.latents.l2_normalize).
   """
   if "latents" in batch:
     x0 = batch["latents"].astype(jnp.float32)
+    if config.latents.l2_normalize:
+      x0 = autoencoder_lib.l2_normalize(x0)
   else:
     x0 = patches.video_to_tokens(config, batch["video"])
   labels = batch["label"].astype(jnp.int32) if config.model.num_classes else None
@@ -48,33 +49,20 @@ def model_inputs(config, batch) -> tuple[jax.Array, jax.Array | None]:
 
 def check_config(config):
   """Errors that say what to change, before anything is built."""
-  latent = not patches.is_pixel_config(config)
-  try:
-    datasets.check_available(config.data.name)
-  except NotImplementedError as e:
-    if latent:
-      raise NotImplementedError(
-          f"{e}\nThis config also trains on latent tokens ({config.model.tokens_per_frame} x"
-          f" {config.model.in_channels} per frame) of the frame autoencoder (stage 1), which is"
-          " not available yet either."
-      ) from e
-    raise
   m = config.model
+  if config.latents.autoencoder_workdir or not patches.is_pixel_config(config):
+    latents.check_ready(config)  # the latents exist and fit the model
+  else:
+    datasets.check_available(config.data.name, config.data.data_dir, config.data.resolution)
+    if config.data.resolution % config.data.patch_size:
+      raise ValueError(
+          f"data.resolution={config.data.resolution} is not a multiple of"
+          f" data.patch_size={config.data.patch_size}."
+      )
   if m.num_frames != config.num_frames:
     raise ValueError(
         f"config.num_frames={config.num_frames} (clip length) differs from"
         f" config.model.num_frames={m.num_frames} (the model's window): set them equal."
-    )
-  if latent:
-    raise ValueError(
-        "config.model.tokens_per_frame does not match data.resolution / data.patch_size:"
-        " pixel-space training cuts frames into patches. Latent configs need the frame"
-        " autoencoder, which is not available yet in this version."
-    )
-  if config.data.resolution % config.data.patch_size:
-    raise ValueError(
-        f"data.resolution={config.data.resolution} is not a multiple of"
-        f" data.patch_size={config.data.patch_size}."
     )
   if config.train_timesteps not in timesteps.TRAIN_SAMPLERS:
     raise ValueError(
@@ -126,10 +114,7 @@ def make_train_step(config, mesh):
   """train_step jitted once with in/out shardings and the state donated."""
   model, tx = build_model(config), train_state.make_optimizer(config)
   shards = train_state.state_shardings(config, mesh, model, tx)
-  batch_shards = {
-      "video": sharding.batch_sharding(config, mesh, 5),
-      "label": sharding.batch_sharding(config, mesh, 1),
-  }
+  batch_shards = batch_shardings(config, mesh)
   rep = sharding.replicated(mesh)
   jitted = jax.jit(
       functools.partial(train_step, config, model, tx),
@@ -153,8 +138,8 @@ def reconstruct(config, model, params, batch, rng):
   """Denoised reconstructions for the training summaries: each frame noised to a timestep that
   grows along the clip (as in AR-Diffusion), then predicted in one model call.
 
-  Returns uint8 [B, F, H, W, 3]: the clean clip, the noised clip and the prediction stacked
-  side by side along the width.
+  Returns tokens [3, B, F, L, C]: the clean clip, the noised clip and the prediction
+  (generate.tokens_to_video turns them into frames, through the autoencoder for latents).
   """
   x0, labels = model_inputs(config, batch)
   b, f = x0.shape[:2]
@@ -165,8 +150,16 @@ def reconstruct(config, model, params, batch, rng):
   x_t = diffusion.q_sample(sched, x0, t, jax.random.normal(rng, x0.shape))
   out = model.apply({"params": params}, x_t, t, labels)
   pred, _ = diffusion.to_x0_eps(sched, config.diffusion.parameterization, x_t, t, out)
-  to_video = functools.partial(patches.tokens_to_video, config)
-  return jnp.concatenate([to_video(x0), to_video(x_t), to_video(pred)], axis=3)
+  return jnp.stack([x0, x_t, pred])
+
+
+def batch_shardings(config, mesh) -> dict:
+  """The shardings of a global batch: frames or latents, and labels, split over the batch."""
+  if config.latents.autoencoder_workdir:
+    return {"latents": sharding.batch_sharding(config, mesh, 4),
+            "label": sharding.batch_sharding(config, mesh, 1)}
+  return {"video": sharding.batch_sharding(config, mesh, 5),
+          "label": sharding.batch_sharding(config, mesh, 1)}
 
 
 def _preview_config(config):
@@ -186,93 +179,46 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_config(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_global_batch(config, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  lead = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
-  data_iter = pipeline.create_train_iterator(config)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   init_rng, step_rng, preview_rng = jax.random.split(jax.random.key(config.seed), 3)
-
-  state = ckpt.restore(train_state.abstract_state(config, mesh), data_iter)
-  if state is None:
-    state = train_state.create_train_state(config, mesh, init_rng)
-    writer.write_hparams(loop.flat_hparams(config))
-    logging.info("Parameters:\n%s", loop.describe_parameters(state["params"]))
-    if lead:
-      print(f"Training from scratch: {loop.count_parameters(state['params']):,} parameters,"
-            f" mesh {dict(mesh.shape)}.", flush=True)
-  elif lead:
-    print(f"Resumed from step {int(state['step'])} ({ckpt.directory}).", flush=True)
-
-  train_step_fn = make_train_step(config, mesh)
-  # Replicated output: every process can read it (the batch itself is split across hosts).
-  preview_fn = jax.jit(functools.partial(reconstruct, config, build_model(config)),
-                       out_shardings=sharding.replicated(mesh))
-  preview_config = _preview_config(config)
-  n = config.num_train_steps
-  metrics = loop.MetricsBuffer(last_good=ckpt.describe_latest)
-  report = periodic_actions.ReportProgress(
-      num_train_steps=n, writer=writer, every_steps=config.log_every_steps, every_secs=None)
-  console = loop.ConsoleReport(n)
-  reported = {}  # the last scalars written
-
-  def log(step, **_):
-    scalars = metrics.flush()
-    if scalars:
-      writer.write_scalars(step, scalars)
-      console(step, scalars)
-      reported.clear()
-      reported.update(scalars)
-
-  def write_samples(step, state, batch, **_):
-    with report.timed("samples"):
-      videos = np.asarray(jax.device_get(preview_fn(state["ema_params"], batch, preview_rng)))
-      summaries.write_video(writer, step, "reconstructions", videos[:4], scale=2)
-      summaries.write_video(writer, step, "samples", generate.generate(
-          preview_config, state["ema_params"], preview_config.sampling.num_videos,
-          progress=False), scale=2)
-
-  def evaluate(step, state, **_):
-    with report.timed("eval"):
-      result = run_eval.evaluate_params(config, state["ema_params"], step=step,
-                                        num_videos=config.eval.num_videos_during_training,
-                                        progress=False)
-      run_eval.write_metrics(workdir, result, writer, name=f"metrics_step{step:08d}.json")
-    if lead:
-      print(f"step {step}: FVD{result['num_frames']} {result['fvd']:.2f}", flush=True)
-
-  def save(step, state, **_):
-    ckpt.save(step, state, data_iter, force=True)
-
-  actions = [
-      report,
-      loop.every(config.log_every_steps, log, last_step=n),
-      loop.every(config.sample_every_steps, write_samples, last_step=n, metrics=metrics),
-      loop.every(config.eval_every_steps, evaluate, last_step=n, metrics=metrics),
-      loop.every(config.checkpoint_every_steps, save, last_step=n, metrics=metrics),
-  ]
+  run = loop.Run(config, workdir, pipeline.create_train_iterator(config))
   try:
-    with loop.Preemption(ckpt) as preemption:
-      state, preempted = loop.run(
-          state, lambda s, b: train_step_fn(s, sharding.global_batch(b, config, mesh), step_rng),
-          lambda: next(data_iter), start=int(state["step"]), num_steps=n, metrics=metrics,
-          actions=actions, preemption=preemption, save=save)
-    log(int(state["step"]))  # the steps since the last report (after a preemption)
-    ckpt.wait()
-    if preempted and lead:
-      print(f"SIGTERM: saved checkpoint {int(state['step'])} in {ckpt.directory}; exiting.",
-            flush=True)
-    if int(state["step"]) >= n:
+    state = run.restore_or_create(
+        train_state.abstract_state(config, mesh),
+        lambda: train_state.create_train_state(config, mesh, init_rng))
+    train_step_fn = make_train_step(config, mesh)
+    # Replicated output: every process can read it (the batch itself is split across hosts).
+    preview_fn = jax.jit(functools.partial(reconstruct, config, build_model(config)),
+                         out_shardings=sharding.replicated(mesh))
+    preview_config = _preview_config(config)
+
+    def write_samples(step, state, batch, **_):
+      with run.report.timed("samples"):
+        batch = sharding.global_batch(batch, config, mesh)
+        tokens = np.asarray(jax.device_get(preview_fn(state["ema_params"], batch, preview_rng)))
+        # The clean clip, the noised clip and the prediction side by side.
+        videos = np.concatenate([generate.tokens_to_video(config, t[:4]) for t in tokens], axis=3)
+        summaries.write_video(run.writer, step, "reconstructions", videos, scale=2)
+        summaries.write_video(run.writer, step, "samples", generate.generate(
+            preview_config, state["ema_params"], preview_config.sampling.num_videos,
+            progress=False), scale=2)
+
+    def evaluate(step, state, **_):
+      with run.report.timed("eval"):
+        result = run_eval.evaluate_params(config, state["ema_params"], step=step,
+                                          num_videos=config.eval.num_videos_during_training,
+                                          progress=False)
+        run_eval.write_metrics(workdir, result, run.writer, name=f"metrics_step{step:08d}.json")
+      if run.lead:
+        print(f"step {step}: FVD{result['num_frames']} {result['fvd']:.2f}", flush=True)
+
+    state, _ = run.train(
+        state, lambda s, b: train_step_fn(s, sharding.global_batch(b, config, mesh), step_rng),
+        [run.every(config.sample_every_steps, write_samples),
+         run.every(config.eval_every_steps, evaluate)])
+    if int(state["step"]) >= config.num_train_steps:
       path = checkpoint.export_params(workdir, state["ema_params"], config)
-      if lead:
+      if run.lead:
         print(f"Exported EMA parameters to {path}.", flush=True)
   finally:
-    ckpt.wait()
-    ckpt.close()
-    writer.flush()
-    if hasattr(data_iter, "close"):
-      data_iter.close()
-  if lead:
-    print(f"TensorBoard logs: {os.path.abspath(workdir)}  (tensorboard --logdir {workdir})",
-          flush=True)
-  return reported
+    run.close()
+  return run.scalars

@@ -66,17 +66,32 @@ def _init_boxed(config, model, tx, rng):
   }
 
 
-def abstract_state(config, mesh, model=None, tx=None):
-  """ShapeDtypeStructs of the train state with their shardings (from the logical axis names):
-  the layout state is created in, and the target for restoring a checkpoint."""
-  model = model or build_model(config)
-  tx = tx or make_optimizer(config)
-  boxed = jax.eval_shape(functools.partial(_init_boxed, config, model, tx), jax.random.key(0))
+def abstract_from_init(config, mesh, init_boxed):
+  """ShapeDtypeStructs with shardings of the (boxed) tree that init_boxed(rng) builds: the
+  layout from the logical axis names and config.mesh.logical_axis_rules. Any trainer's state."""
+  boxed = jax.eval_shape(init_boxed, jax.random.key(0))
   with jax.set_mesh(mesh):
     shards = sharding.logical_shardings(boxed, mesh, sharding.logical_rules(config))
   return jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shards
   )
+
+
+def create_from_init(config, mesh, init_boxed, rng, abstract=None):
+  """The tree of init_boxed(rng) created directly in its sharded layout (one jit)."""
+  abstract = abstract or abstract_from_init(config, mesh, init_boxed)
+  shards = jax.tree.map(lambda a: a.sharding, abstract)
+  init = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=shards)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config)):
+    return init(rng)
+
+
+def abstract_state(config, mesh, model=None, tx=None):
+  """ShapeDtypeStructs of the train state with their shardings (from the logical axis names):
+  the layout state is created in, and the target for restoring a checkpoint."""
+  model = model or build_model(config)
+  tx = tx or make_optimizer(config)
+  return abstract_from_init(config, mesh, functools.partial(_init_boxed, config, model, tx))
 
 
 def state_shardings(config, mesh, model=None, tx=None):
@@ -87,7 +102,4 @@ def state_shardings(config, mesh, model=None, tx=None):
 def create_train_state(config, mesh, rng):
   """Parameters, optimizer state and EMA created directly in their sharded layout."""
   model, tx = build_model(config), make_optimizer(config)
-  shards = state_shardings(config, mesh, model, tx)
-  init = jax.jit(lambda r: nn.unbox(_init_boxed(config, model, tx, r)), out_shardings=shards)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config)):
-    return init(rng)
+  return create_from_init(config, mesh, functools.partial(_init_boxed, config, model, tx), rng)

@@ -11,7 +11,15 @@ import pytest
 from configs import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["demo", "tiny", "taichi", "sky_timelapse", "faceforensics", "ucf101"]
+DATASETS = ["taichi", "sky_timelapse", "faceforensics", "ucf101"]
+CONFIGS = ["demo", "tiny", "demo_latent", *DATASETS]  # stage 2 (the DiT)
+VAE_CONFIGS = ["demo_vae", "demo_vae:temporal", *[f"{d}_vae" for d in DATASETS],
+               *[f"{d}_vae:temporal" for d in DATASETS]]  # stage 1 (the frame autoencoder)
+
+
+def get_config(name, *args):
+  name, _, arg = name.partition(":")
+  return importlib.import_module(f"configs.{name}").get_config(",".join(filter(None, [arg, *args])))
 
 
 @pytest.mark.parametrize("module", ["ardiff.sampling", "ardiff.generate", "ardiff.evaluation",
@@ -41,21 +49,40 @@ def test_every_import_is_at_the_top_of_its_file():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_runlocal_shrinks_every_config(name):
-  full = importlib.import_module(f"configs.{name}").get_config()
-  small = importlib.import_module(f"configs.{name}").get_config("runlocal")
+  full, small = get_config(name), get_config(name, "runlocal")
+  assert small.trainer == full.trainer == "diffusion"
   assert small.model.depth == 2 and small.model.hidden_size == 32
   assert small.num_frames == small.model.num_frames == 4
   assert small.global_batch_size == 8 and small.num_train_steps == 10
   # What runlocal leaves alone: the dataset, the diffusion, the kind of tokens.
   assert small.data.name == full.data.name and small.diffusion == full.diffusion
-  pixels = full.model.tokens_per_frame == (full.data.resolution // full.data.patch_size) ** 2
+  assert small.data.resolution == 16
+  p = full.data.patch_size
+  pixels = (full.model.tokens_per_frame == (full.data.resolution // p) ** 2
+            and full.model.in_channels == p * p * 3)
   if pixels:
-    assert (small.data.resolution, small.model.tokens_per_frame) == (16, 16)
-  else:  # latent tokens of the frame autoencoder keep their shape
-    assert (small.model.tokens_per_frame, small.model.in_channels) == (
-        full.model.tokens_per_frame, full.model.in_channels)
+    assert (small.model.tokens_per_frame, small.model.in_channels) == (16, 48)
+  else:  # the latents of a runlocal autoencoder (below)
+    assert (small.model.tokens_per_frame, small.model.in_channels) == (8, 4)
   if full.sampling.num_frames:  # long-video sampling stays long relative to the window
     assert small.sampling.num_frames * full.num_frames == full.sampling.num_frames * 4
+
+
+@pytest.mark.parametrize("name", VAE_CONFIGS)
+def test_runlocal_shrinks_every_autoencoder_config(name):
+  full, small = get_config(name), get_config(name, "runlocal")
+  assert small.trainer == full.trainer == "autoencoder"
+  assert small.data.name == full.data.name
+  ae = small.autoencoder
+  assert (ae.image_size, ae.patch_size, ae.width) == (16, 4, 32)
+  assert (ae.num_latent_tokens, ae.token_channels) == (8, 4)  # what stage 2's runlocal expects
+  assert small.num_frames == (4 if full.autoencoder.temporal else 1)
+  assert ae.temporal == full.autoencoder.temporal
+  assert ae.train_only_temporal == full.autoencoder.train_only_temporal
+  if full.data.name in DATASETS:  # the paper's stage 1
+    paper = full.autoencoder
+    assert (paper.image_size, paper.patch_size, paper.width, paper.encoder_depth) == (256, 16, 1024, 24)
+    assert (paper.num_latent_tokens, paper.token_channels, paper.use_l2_norm) == (32, 4, True)
 
 
 def test_config_argument_is_checked():

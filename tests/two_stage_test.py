@@ -1,0 +1,127 @@
+"""The paper's two-stage pipeline at runlocal size: the autoencoder trained, its latents
+extracted (deterministic, resumable), its temporal decoder fine-tuned (only temporal layers
+move), stage 2 trained on the latents and its samples decoded to video; and the errors that say
+which step is missing."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ardiff import autoencoder_state
+from ardiff import extract_latents
+from ardiff import generate
+from ardiff import train
+from ardiff import train_autoencoder
+from ardiff.data import datasets
+from ardiff.data import frames as frames_lib
+from ardiff.data import latents as latents_lib
+from ardiff.data import pipeline
+from ardiff.models import autoencoder as autoencoder_lib
+from configs import common
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, make_config):
+  """A stage-1 workdir (2 steps of demo_vae:runlocal) with its latents extracted."""
+  workdir = str(tmp_path_factory.mktemp("vae"))
+  config = make_config("demo_vae", num_train_steps=2, **{"latents.shard_size": 512})
+  train_autoencoder.train_and_evaluate(config, workdir)
+  manifests = extract_latents.extract(config, workdir, progress=False)
+  return config, workdir, manifests
+
+
+def test_extraction_is_the_encoders_means_deterministic_and_resumable(stage1):
+  config, workdir, first = stage1
+  train_dir = os.path.join(latents_lib.dataset_dir(workdir, config.data.name), "train")
+  shards = sorted(f for f in os.listdir(train_dir) if f.endswith(".array_record"))
+  assert len(shards) == 4  # 2000 videos in shards of 512
+  with open(os.path.join(train_dir, shards[1]), "rb") as f:
+    reference = f.read()
+  # A stopped run: the manifest and a shard missing. Resuming rewrites only those.
+  os.remove(os.path.join(train_dir, latents_lib.MANIFEST))
+  os.remove(os.path.join(train_dir, shards[1]))
+  kept = os.path.getmtime(os.path.join(train_dir, shards[0]))
+  second = extract_latents.extract(config, workdir, progress=False)
+  assert second == first
+  assert os.path.getmtime(os.path.join(train_dir, shards[0])) == kept
+  with open(os.path.join(train_dir, shards[1]), "rb") as f:
+    assert f.read() == reference  # the same bytes: deterministic
+
+  source = latents_lib.LatentSource(train_dir)
+  assert len(source) == first["train"]["num_videos"] == 2000
+  assert first["test"]["num_videos"] == 256 and sum(first["train"]["num_frames"]) == 2000 * 32
+  record = source[7]
+  assert record["latents"].shape == (32, 8, 4) and record["index"] == 7
+  # Each frame's latent is the encoder's posterior mean of that frame.
+  params, _, _ = autoencoder_state.load_params(workdir)
+  video = datasets.open_split(config.data.name, "train", config.data.data_dir)[7]["video"]
+  x = frames_lib.resize_frames(np.asarray(video), 16)[None].astype(np.float32) / 255
+  model = autoencoder_lib.build_autoencoder(config.autoencoder)
+  mean, _ = model.apply({"params": params}, x, method="encode")
+  np.testing.assert_allclose(record["latents"], np.asarray(mean[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_temporal_finetune_trains_only_temporal_layers(stage1, make_config, tmp_path):
+  _, workdir, _ = stage1
+  config = make_config("demo_vae", **{"autoencoder.init_from": workdir})
+  common.temporal_finetune(config)
+  config.num_frames, config.global_batch_size, config.num_train_steps = 4, 8, 3
+  config.optimizer.learning_rate = 1e-2
+  fine = str(tmp_path / "temporal")
+  train_autoencoder.train_and_evaluate(config, fine)
+  before, _, _ = autoencoder_state.load_params(workdir)
+  after, _, step = autoencoder_state.load_params(fine)
+  assert step == 3
+  before = {jax.tree_util.keystr(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(before)[0]}
+  after = [(jax.tree_util.keystr(p), np.asarray(v))
+           for p, v in jax.tree_util.tree_flatten_with_path(after)[0]]
+  new = [name for name, _ in after if name not in before]
+  assert new and all("temporal" in name for name in new)
+  for name, value in after:
+    if name in before:  # the encoder and the per-frame decoder: exactly as stage 1 left them
+      np.testing.assert_array_equal(value, before[name], err_msg=name)
+  assert any(np.abs(v).max() > 0 for name, v in after  # the temporal layers left their zero init
+             if "temporal" in name and "out_proj_kernel" in name)
+
+
+def stage2_config(make_config, workdir, **overrides):
+  return make_config("demo_latent", **{"latents.autoencoder_workdir": workdir, **overrides})
+
+
+def test_stage2_trains_on_latents_and_samples_decode_to_video(stage1, make_config, tmp_path):
+  _, workdir, _ = stage1
+  config = stage2_config(make_config, workdir, num_train_steps=2, checkpoint_every_steps=2,
+                         sample_every_steps=2)
+  out = str(tmp_path / "stage2")
+  scalars = train.train_and_evaluate(config, out)
+  assert np.isfinite(scalars["loss"])
+  config.sampling.prefix_frames = 2  # a latent prefix: the test split's latents
+  config.sampling.num_videos = 3
+  videos = generate.sample_and_save(config, out)
+  samples = np.load(videos["npy"])
+  assert samples.shape == (3, 12, 16, 16, 3) and samples.dtype == np.uint8
+  # The given frames come back as the autoencoder's reconstruction of the real clips' latents.
+  tokens, _ = pipeline.prefix_tokens(config, 3)
+  np.testing.assert_array_equal(samples[:, :2], generate.tokens_to_video(config, tokens))
+
+
+def test_missing_steps_are_named(stage1, make_config, tmp_path):
+  _, workdir, _ = stage1
+  with pytest.raises(ValueError, match=r"(?s)latents.autoencoder_workdir.*_vae.py"):
+    train.check_config(make_config("demo_latent"))
+  with pytest.raises(FileNotFoundError, match="--mode=extract_latents"):
+    train.check_config(stage2_config(make_config, str(tmp_path / "no_vae")))
+  with pytest.raises(ValueError, match="tokens_per_frame=8 and config.model.in_channels=4"):
+    train.check_config(stage2_config(make_config, workdir, **{"model.in_channels": 6}))
+  with pytest.raises(ValueError, match="data.resolution=16"):
+    train.check_config(stage2_config(make_config, workdir, **{"data.resolution": 32}))
+
+
+def test_the_gan_needs_room_in_the_frame(make_config):
+  config = make_config("demo_vae", **{"autoencoder.loss.gan_start_step": 0,
+                                      "autoencoder.loss.disc_layers": 3})
+  with pytest.raises(ValueError, match="disc_layers"):
+    train_autoencoder.check_config(config)
