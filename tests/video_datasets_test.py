@@ -21,6 +21,9 @@ import tensorflow_datasets as tfds
 
 from conftest import runlocal_config
 
+from ardiff import extract_latents
+from ardiff import train
+from ardiff import train_autoencoder
 from ardiff.data import datasets
 from ardiff.data import pipeline
 from ardiff.data import video_build
@@ -400,3 +403,23 @@ def test_not_built_says_how_to_build(tmp_path):
   for name in datasets.VIDEO_DATASETS:
     with pytest.raises(datasets.DatasetNotBuiltError, match=f"--dataset={name} --manual_dir"):
       datasets.check_available(name, str(tmp_path))
+
+
+def test_ucf101_through_both_stages_at_runlocal_size(built, tmp_path):
+  """configs/ucf101_vae.py:runlocal trains on the built fixture, its latents are extracted, and
+  configs/ucf101.py:runlocal trains class-conditionally on them."""
+  data_dir, _ = built
+  vae = str(tmp_path / "vae")
+  stage1 = runlocal_config("ucf101_vae", data_dir, num_train_steps=2)
+  train_autoencoder.train_and_evaluate(stage1, vae)
+  manifests = extract_latents.extract(stage1, vae, progress=False)
+  train_records = _records(data_dir, "ucf101", "train")
+  assert manifests["train"]["num_videos"] == len(train_records)
+  assert manifests["train"]["num_frames"] == [int(r["num_frames"]) for r in train_records]
+  stage2 = runlocal_config("ucf101", data_dir, num_train_steps=2,
+                           **{"latents.autoencoder_workdir": vae})
+  assert stage2.model.num_classes == 101
+  batch = next(pipeline.create_train_iterator(stage2))
+  assert batch["latents"].shape == (8, 4, 8, 4) and batch["label"].min() >= 0
+  scalars = train.train_and_evaluate(stage2, str(tmp_path / "stage2"))
+  assert np.isfinite(scalars["loss"])
