@@ -118,3 +118,18 @@ def parameter_count(config) -> int:
   r = config.data.resolution
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, r, r, 3)))
   return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nn.unbox(shapes)["params"]))
+
+
+def reconstruct(workdir: str, clips: np.ndarray, batch_size: int = 4) -> np.ndarray:
+  """uint8 clips [N, F, H, W, 3] through the autoencoder of workdir (posterior means, its own
+  decoder, clipped to [0, 1]): uint8 reconstructions of the same shape."""
+  params, run_config, _ = load_params(workdir)
+  model = autoencoder_lib.build_autoencoder(run_config.autoencoder)
+
+  @jax.jit
+  def apply(params, video):
+    rec, _, _ = model.apply({"params": params}, video.astype(jnp.float32) / 255.0)
+    return jnp.round(jnp.clip(rec, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+  return np.concatenate([np.asarray(apply(params, clips[i:i + batch_size]))
+                         for i in range(0, len(clips), batch_size)])
