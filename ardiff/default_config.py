@@ -93,7 +93,7 @@ def get_default_config() -> mc.ConfigDict:
   # Logical axis name -> mesh axes. Batch over data and fsdp; weights over fsdp and tensor.
   c.mesh.logical_axis_rules = (
       ("batch", ("data", "fsdp")),
-      ("layers", None),  # the stacked layer axis of the scanned blocks: each device has all
+      ("layers", None),  # the scanned blocks' stacked layer axis: not split, every device has all
       ("frames", None),
       ("tokens", None),
       ("embed", "fsdp"),

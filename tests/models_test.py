@@ -122,7 +122,40 @@ def test_gradients_reach_every_parameter(num_classes):
     if "label_embedding" in name:  # only the rows of the labels used get gradient
       g = g[np.asarray(labels)]
     assert np.all(np.isfinite(g)), name
-    assert np.abs(g).max() > 0, f"no gradient reaches {name}"
+    # The blocks' parameters are stacked [depth, ...]: every layer must get gradient.
+    per_layer = g.reshape(g.shape[0], -1) if "'blocks'" in name else g.reshape(1, -1)
+    assert np.all(np.abs(per_layer).max(axis=1) > 0), f"no gradient reaches (a layer of) {name}"
+
+
+@pytest.mark.parametrize("policy", ["nothing_saveable", "dots_with_no_batch_dims_saveable"])
+def test_remat_gives_the_same_gradients(policy):
+  model, variables, x, t, labels = setup_model(num_classes=5)
+  c = tiny.get_config()
+  c.model.num_classes = 5
+  c.model.remat, c.model.remat_policy = True, policy
+  remat_model = build_model(c)
+
+  def grads(m):
+    return jax.jit(jax.grad(lambda v: jnp.mean(jnp.square(m.apply(v, x, t, labels)))))(variables)
+
+  for a, b in zip(jax.tree.leaves(grads(model)), jax.tree.leaves(grads(remat_model))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  c.model.remat_policy = "dots"
+  with pytest.raises(ValueError, match="remat_policy"):
+    build_model(c).init(jax.random.key(0), x, t, labels)
+
+
+def test_blocks_are_traced_once_whatever_the_depth():
+  # The blocks are one nn.scan: the program (and its compile time) does not grow with depth.
+  def num_equations(depth):
+    c = tiny.get_config()
+    c.model.depth = depth
+    model = build_model(c)
+    x, t = jnp.ones((1, 4, 16, 48)), jnp.zeros((1, 4), jnp.int32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x, t, None)
+    return len(jax.make_jaxpr(model.apply)(variables, x, t, None).eqns)
+
+  assert num_equations(2) == num_equations(8)
 
 
 def test_every_parameter_has_logical_names():
@@ -131,10 +164,17 @@ def test_every_parameter_has_logical_names():
   model = build_model(c)
   x, t = jnp.ones((1, 4, 16, 48)), jnp.zeros((1, 4), jnp.int32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), x, t, jnp.zeros((1,), jnp.int32))
-  leaves = jax.tree.leaves(abstract, is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned))
-  assert leaves and all(isinstance(a, nn.LogicallyPartitioned) for a in leaves)
-  for a in leaves:
+  leaves = jax.tree_util.tree_leaves_with_path(
+      abstract, is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned)
+  )
+  assert leaves and all(isinstance(a, nn.LogicallyPartitioned) for _, a in leaves)
+  for path, a in leaves:
     assert len(a.names) == len(a.value.shape)
+    # The scanned blocks' parameters carry the stacked layer axis first.
+    in_blocks = "'blocks'" in jax.tree_util.keystr(path)
+    assert (a.names[0] == "layers") == in_blocks, (path, a.names)
+    if in_blocks:
+      assert a.value.shape[0] == c.model.depth
 
 
 def test_bfloat16_compute():
@@ -144,8 +184,45 @@ def test_bfloat16_compute():
   x, t = jnp.ones((1, 4, 16, 48)), jnp.zeros((1, 4), jnp.int32)
   variables = model.init(jax.random.key(0), x, t, None)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(nn.unbox(variables)))
-  out = model.apply(randomized(variables), x, t, None)
+  variables = randomized(variables)
+  out = model.apply(variables, x, t, None)
   assert out.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(out)))
+  # The KV cache is kept in the compute dtype; decode's prediction is float32.
+  k, v = model.apply(variables, None, 1, method="context_kv")
+  assert k.dtype == v.dtype == jnp.bfloat16
+  out, (k2, _) = model.apply(
+      variables, x[:, :1], t[:, :1], jnp.zeros(1, jnp.int32), (k, v), jnp.ones(k.shape[2], bool),
+      method="decode",
+  )
+  assert out.dtype == jnp.float32 and k2.dtype == jnp.bfloat16
+
+
+def test_bfloat16_stays_close_to_float32():
+  """Mixed precision: bfloat16 matmuls in attention and MLP, float32 residual stream, norms,
+  embeddings, conditioning and final layer. On 8 layers of hidden 128 with weights N(0, 1/D)
+  the output differs from float32 by 0.54 % relative L2 (0.48-0.54 % over 5 seeds); it was
+  1.4 % (1.27-1.47 %) when all of it ran in bfloat16. Bound: 1 %."""
+  c = tiny.get_config()
+  c.model.depth, c.model.hidden_size, c.model.num_heads = 8, 128, 4
+  f, l, ch = c.model.num_frames, c.model.tokens_per_frame, c.model.in_channels
+  kx, kt = jax.random.split(jax.random.key(100))
+  x = jax.random.normal(kx, (2, f, l, ch))
+  t = jax.random.randint(kt, (2, f), 0, 1000)
+  model32 = build_model(c)
+  c.model.dtype = "bfloat16"
+  model16 = build_model(c)
+  # Weights N(0, 1/D): non-trivial yet of a trained-like scale, under which activations keep
+  # their size through the layers (randomized()'s 0.3 is well above 1/sqrt(D) = 0.09).
+  leaves, tree = jax.tree.flatten(nn.unbox(model32.init(jax.random.key(0), x, t, None)))
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  variables = tree.unflatten(
+      [jax.random.normal(k, a.shape) / np.sqrt(c.model.hidden_size) for k, a in zip(keys, leaves)]
+  )
+  out32 = np.asarray(model32.apply(variables, x, t, None))
+  out16 = np.asarray(model16.apply(variables, x, t, None))
+  assert out16.dtype == np.float32
+  rel = np.linalg.norm(out16 - out32) / np.linalg.norm(out32)
+  assert rel < 0.01, rel
 
 
 def paper_parameter_count():

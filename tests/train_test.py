@@ -85,10 +85,12 @@ def test_sharded_parameters_are_actually_split():
   config.mesh.shape = (2, 2, 2)
   mesh = sharding.make_mesh(config.mesh)
   state = train_state.create_train_state(config, mesh, jax.random.key(0))
-  kernel = state["params"]["block_0"]["mlp"]["fc1"]["kernel"]  # ("embed", "mlp")
-  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
-  mu = state["opt_state"][1][0].mu["block_0"]["mlp"]["fc1"]["kernel"]
+  # Stacked over the scanned layers: ("layers", "embed", "mlp"), the layer axis unsharded.
+  kernel = state["params"]["blocks"]["mlp"]["fc1"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert kernel.addressable_shards[0].data.shape == (
+      kernel.shape[0], kernel.shape[1] // 2, kernel.shape[2] // 2)
+  mu = state["opt_state"][1][0].mu["blocks"]["mlp"]["fc1"]["kernel"]
   assert mu.sharding.spec == kernel.sharding.spec  # optimizer state follows its parameter
 
 

@@ -21,6 +21,7 @@ def build_model(config) -> VideoDiT:
       context_attends_video=m.context_attends_video,
       rope_theta=m.rope_theta,
       remat=m.remat,
+      remat_policy=m.remat_policy,
       dtype=jnp.dtype(m.dtype),
       param_dtype=jnp.dtype(m.param_dtype),
   )

@@ -46,7 +46,10 @@ def token_positions(num_context: int, num_frames: int, tokens_per_frame: int) ->
 
 
 def per_token(v: jax.Array, num_context: int, tokens_per_frame: int) -> jax.Array:
-  """[B, 1 + F, D] (context row, then one row per frame) -> [B, Nc + F * L, D]."""
+  """[B, 1 + F, D] (context row, then one row per frame) -> [B, Nc + F * L, D].
+
+  num_context may be 0 (frames only): the context row is then dropped.
+  """
   b, rows, d = v.shape
   ctx = jnp.broadcast_to(v[:, :1], (b, num_context, d))
   vid = jnp.broadcast_to(v[:, 1:, None], (b, rows - 1, tokens_per_frame, d))
@@ -54,48 +57,65 @@ def per_token(v: jax.Array, num_context: int, tokens_per_frame: int) -> jax.Arra
 
 
 class Block(nn.Module):
-  """Transformer block with adaLN-Zero: shift, scale and gate for attention and for the MLP."""
+  """Transformer block with adaLN-Zero: shift, scale and gate for attention and for the MLP.
+
+  The body of VideoDiT's scan over layers, one signature for every entry point: the residual
+  stream x is the carry, the keys/values of earlier tokens (kv_prefix) come in per layer and the
+  block's own keys/values go out per layer. Mixed precision: x, the norms and the adaLN
+  modulation stay float32; attention and the MLP run in `dtype`.
+  """
 
   hidden_size: int
   num_heads: int
   mlp_ratio: float
-  num_context: int
   tokens_per_frame: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     d, kw = self.hidden_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # float32: the gates scale the updates of the float32 residual stream (a few rows only).
     self.adaLN = nn.Dense(
         6 * d, kernel_init=named(nn.initializers.zeros_init(), ("embed", "mlp")),
-        bias_init=named(nn.initializers.zeros_init(), ("mlp",)), **kw,
+        bias_init=named(nn.initializers.zeros_init(), ("mlp",)), dtype=jnp.float32,
+        param_dtype=self.param_dtype,
     )
     self.attn = layers.Attention(self.num_heads, **kw)
     self.mlp = layers.Mlp(int(d * self.mlp_ratio), **kw)
 
-  def __call__(self, x, c, cos, sin, mask):
-    """x [B, S, D]; c [B, 1 + F, D] conditioning vectors (context, then frames)."""
-    mod = per_token(self.adaLN(nn.silu(c)), self.num_context, self.tokens_per_frame)  # [B, S, 6D]
-    return self._forward(x, mod, cos, sin, mask)[0]
+  def __call__(self, x, kv_prefix, c, cos, sin, mask):
+    """x float32 [B, S, D]: n conditioning tokens, then F frames of L tokens (S = n + F * L).
 
-  def extend(self, x, c, tokens_per_row, cos, sin, mask, kv_prefix=None):
-    """Runs part of the sequence against keys/values given for earlier tokens (KV cache).
-
-    x [B, R * n, D]: R rows (frames, or the conditioning tokens as one row) of
-    n = tokens_per_row tokens; c [B, R, D]: a conditioning vector per row; kv_prefix: (k, v)
-    [B, P, H, Dh] or None; mask [R * n, P + R * n]. Returns x and the own (k, v).
+    n is Nc, or 0 where a pass runs frames only (decode). c [B, 1 + F, D]: the conditioning
+    vectors of the context (its row unused when n = 0) and of each frame. kv_prefix: (k, v)
+    [B, P, H, Dh] of P earlier tokens (the KV cache), or None (P = 0); cos, sin [S, Dh / 2];
+    mask bool [S, P + S]. Returns x and the own (k, v) [B, S, H, Dh] in `dtype` (keys
+    rotated); where nothing reads them (training) XLA drops them from the scan.
     """
-    mod = jnp.repeat(self.adaLN(nn.silu(c)), tokens_per_row, axis=1)  # [B, R * n, 6D]
-    return self._forward(x, mod, cos, sin, mask, kv_prefix)
-
-  def _forward(self, x, mod, cos, sin, mask, kv_prefix=None):
+    l = self.tokens_per_frame
+    n = x.shape[1] - (c.shape[1] - 1) * l
+    mod = per_token(self.adaLN(nn.silu(c)), n, l)  # [B, S, 6D]
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     h = layers.modulate(layers.layer_norm(x), shift_a, scale_a)
-    h, kv = self.attn(h, cos, sin, mask, kv_prefix, return_kv=True)
-    x = x + gate_a * h
+    h, kv = self.attn(h, cos, sin, mask, kv_prefix, return_kv=True)  # h in `dtype`
+    x = x + gate_a * h  # float32: the updates are rounded, the stream is not
     h = layers.modulate(layers.layer_norm(x), shift_m, scale_m)
     x = x + gate_m * self.mlp(h)
     return nn.with_logical_constraint(x, ("batch", "tokens", "act_embed")), kv
+
+
+# config.model.remat_policy -> jax.checkpoint_policies: what the backward pass keeps of a
+# block's forward pass; the rest is recomputed.
+REMAT_POLICIES = {
+    # Full remat: only each block's input is kept (least memory, one more forward pass).
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    # Every matmul output kept, attention logits included.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # The projections and the MLP kept, the attention logits (batched over heads) recomputed.
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Everything kept: as without remat (for comparison).
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
 
 
 class VideoDiT(nn.Module):
@@ -104,7 +124,9 @@ class VideoDiT(nn.Module):
   Besides the forward pass (`__call__`, training and plain sampling), two methods serve the
   KV cache of sampling (ardiff/sampling.py), called as `model.apply(variables, ...,
   method="context_kv" | "decode")`: the conditioning tokens' keys/values, and a pass over some
-  frames of a window against the keys/values of everything before them.
+  frames of a window against the keys/values of everything before them. All three run the
+  blocks as one nn.scan over layers (parameters "blocks", stacked [depth, ...]), so tracing
+  and compiling do not grow with depth.
   """
 
   num_frames: int  # the window: the most frames one call sees (the trained clip length)
@@ -119,7 +141,8 @@ class VideoDiT(nn.Module):
   context_attends_video: bool = False
   rope_theta: float = 10_000.0
   remat: bool = False
-  dtype: jnp.dtype = jnp.float32
+  remat_policy: str = "nothing_saveable"  # a key of REMAT_POLICIES
+  dtype: jnp.dtype = jnp.float32  # of the matmuls of attention and MLP (and of the KV cache)
   param_dtype: jnp.dtype = jnp.float32
 
   @property
@@ -128,7 +151,10 @@ class VideoDiT(nn.Module):
 
   def setup(self):
     d, nc = self.hidden_size, self.num_context_tokens
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # Mixed precision: everything but the blocks' attention and MLP runs in float32 (embeddings,
+    # conditioning, the residual stream, the final layer); they are a small part of the FLOPs,
+    # and with x0-prediction the last DDIM step returns the final layer's output almost as is.
+    kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
     normal = nn.initializers.normal(0.02)
     zeros = nn.initializers.zeros_init()
     # Tokens of the frames: linear patch/latent embedding plus the token-in-frame position.
@@ -154,12 +180,29 @@ class VideoDiT(nn.Module):
     self.context_conditioning = self.param(
         "context_conditioning", named(normal, ("embed",)), (d,), self.param_dtype
     )
-    block_cls = nn.remat(Block) if self.remat else Block
-    # A list attribute: the blocks are named block_0, block_1, ...
-    self.block = [
-        block_cls(d, self.num_heads, self.mlp_ratio, nc, self.tokens_per_frame, **kw)
-        for _ in range(self.depth)
-    ]
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+          f"config.model.remat_policy {self.remat_policy!r}: one of {sorted(REMAT_POLICIES)}."
+      )
+    block_cls = Block
+    if self.remat:
+      # prevent_cse=False: the scan already keeps XLA from merging the recomputation into the
+      # forward pass (as in MaxText); the barriers would only cost.
+      block_cls = nn.remat(
+          Block, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy]
+      )
+    # One scanned block: every parameter gets a leading layer axis [depth, ...] (logical name
+    # "layers"), and the block is traced and compiled once whatever the depth.
+    self.blocks = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        # x is the carry; kv_prefix per layer; c, cos, sin and mask the same for every layer.
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        out_axes=0,  # the own (k, v) per layer: [depth, B, S, H, Dh]
+        length=self.depth,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(d, self.num_heads, self.mlp_ratio, self.tokens_per_frame, self.dtype, self.param_dtype)
     # Final adaLN (shift, scale) and a zero-initialised projection back to the channels.
     self.final_adaLN = nn.Dense(
         2 * d, kernel_init=named(zeros, ("embed", "mlp")), bias_init=named(zeros, ("mlp",)), **kw
@@ -186,13 +229,13 @@ class VideoDiT(nn.Module):
     if d % self.num_heads or (d // self.num_heads) % 2:
       raise ValueError(f"hidden_size {d} must split into {self.num_heads} heads of even size.")
 
-  def _embed_frames(self, x):  # [B, F, L, C] -> [B, F * L, D]
+  def _embed_frames(self, x):  # [B, F, L, C] -> float32 [B, F * L, D]
     b, f, l, _ = x.shape
-    h = self.embed(x.astype(self.dtype)) + self.token_position.astype(self.dtype)
+    h = self.embed(x.astype(jnp.float32)) + self.token_position.astype(jnp.float32)
     return h.reshape(b, f * l, self.hidden_size)
 
-  def _context_tokens(self, labels, batch_size):  # -> [B, Nc, D]
-    ctx = self.context.astype(self.dtype)[None]
+  def _context_tokens(self, labels, batch_size):  # -> float32 [B, Nc, D]
+    ctx = self.context.astype(jnp.float32)[None]
     ctx = jnp.broadcast_to(ctx, (batch_size,) + ctx.shape[1:])
     if self.num_classes:
       if labels is None:  # the null label of classifier-free guidance
@@ -200,8 +243,8 @@ class VideoDiT(nn.Module):
       ctx = ctx + self.label_embedding(labels)[:, None, :]
     return ctx
 
-  def _context_conditioning(self, batch_size):  # -> [B, 1, D]
-    c = self.context_conditioning.astype(self.dtype)
+  def _context_conditioning(self, batch_size):  # -> float32 [B, 1, D]
+    c = self.context_conditioning.astype(jnp.float32)
     return jnp.broadcast_to(c, (batch_size, 1, self.hidden_size))
 
   def _rope(self, positions):
@@ -213,13 +256,12 @@ class VideoDiT(nn.Module):
     nc = self.num_context_tokens
     seq = jnp.concatenate([self._context_tokens(labels, b), self._embed_frames(x)], axis=1)
     seq = nn.with_logical_constraint(seq, ("batch", "tokens", "act_embed"))
-    c_frames = self.timestep_embedding(t).astype(self.dtype)
+    c_frames = self.timestep_embedding(t)  # [B, F, D]
     cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + F, D]
 
     cos, sin = self._rope(jnp.asarray(token_positions(nc, f, l)))
     mask = jnp.asarray(attention_mask(nc, f, l, self.context_attends_video))
-    for block in self.block:
-      seq = block(seq, cond, cos, sin, mask)
+    seq, _ = self.blocks(seq, None, cond, cos, sin, mask)  # [B, S, D]
 
     shift, scale = jnp.split(per_token(self.final_adaLN(nn.silu(cond)), nc, l), 2, axis=-1)
     seq = layers.modulate(layers.layer_norm(seq), shift, scale)
@@ -239,12 +281,8 @@ class VideoDiT(nn.Module):
     c = self._context_conditioning(batch_size)
     cos, sin = self._rope(jnp.full((nc,), CONTEXT_POSITION, jnp.int32))
     mask = jnp.ones((nc, nc), bool)
-    ks, vs = [], []
-    for block in self.block:
-      h, (k, v) = block.extend(h, c, nc, cos, sin, mask)
-      ks.append(k)
-      vs.append(v)
-    return jnp.stack(ks), jnp.stack(vs)
+    _, kv = self.blocks(h, None, c, cos, sin, mask)
+    return kv
 
   def decode(self, x, t, positions, kv_prefix, prefix_valid):
     """The frames x [B, Q, L, C] of a window, at t [B, Q], against cached keys/values.
@@ -258,19 +296,17 @@ class VideoDiT(nn.Module):
     self._check_input(x)
     b, q, l, c = x.shape
     h = self._embed_frames(x)  # [B, Q * L, D]
-    c_frames = self.timestep_embedding(t).astype(self.dtype)  # [B, Q, D]
+    c_frames = self.timestep_embedding(t)  # [B, Q, D]
+    # The blocks' layout: a context row first, whose tokens (none here) it would condition.
+    cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + Q, D]
     pos = jnp.repeat(jnp.asarray(positions, jnp.int32), l)  # [Q * L]
     cos, sin = self._rope(pos)
     own = pos[None, :] <= pos[:, None]
     prefix = jnp.broadcast_to(prefix_valid[None, :], (q * l, prefix_valid.shape[0]))
     mask = jnp.concatenate([prefix, own], axis=1)  # [Q * L, P + Q * L]
-    ks, vs = [], []
-    for i, block in enumerate(self.block):
-      h, (k, v) = block.extend(h, c_frames, l, cos, sin, mask, (kv_prefix[0][i], kv_prefix[1][i]))
-      ks.append(k)
-      vs.append(v)
+    h, kv = self.blocks(h, tuple(kv_prefix), cond, cos, sin, mask)
 
     shift, scale = jnp.split(jnp.repeat(self.final_adaLN(nn.silu(c_frames)), l, axis=1), 2, axis=-1)
     h = layers.modulate(layers.layer_norm(h), shift, scale)
     out = self.final(h).reshape(b, q, l, c).astype(jnp.float32)
-    return out, (jnp.stack(ks), jnp.stack(vs))
+    return out, kv
