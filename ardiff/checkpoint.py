@@ -52,15 +52,16 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, abstract_state, data_iterator=None, step: int | None = None):
-    """Restores onto abstract_state's shardings (any mesh). None if there is no checkpoint."""
+    """Restores onto abstract_state's shardings (any mesh), and data_iterator to its saved
+    position (saved by any number of processes). None if there is no checkpoint."""
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+      if data_iterator is not None:
+        _restore_data_iterator(self._step_path(step) / "data", data_iterator)
     except Exception as e:  # pylint: disable=broad-except  (any failure: report where and why)
       raise RuntimeError(
           f"Checkpoint {step} in {self.directory} cannot be restored onto this config"
@@ -71,11 +72,47 @@ class Checkpointer:
     logging.info("Restored checkpoint %d from %s.", step, self.directory)
     return restored["state"]
 
+  def _step_path(self, step: int) -> epath.Path:
+    # The manager names its step directories in the standard format (we never change it).
+    return ocp.step.standard_name_format().find_step(epath.Path(self.directory), step).path
+
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
+
+
+def _restore_data_iterator(directory: epath.Path, data_iterator):
+  """Sets data_iterator to the position saved in directory, also when another number of
+  processes saved it (a run of 2 hosts resumed on 1, or the other way round).
+
+  grain's own restore reads only the file of this process index and count
+  (process_<i>-of-<n>.json). ardiff's iterators (pipeline.create_train_iterator) stand in every
+  process at the same position of one global stream of batches, whatever the process count:
+  so when all saved states are equal, that state fits any number of processes.
+  """
+  index, count = jax.process_index(), jax.process_count()
+  own = directory / f"process_{index}-of-{count}.json"
+  if own.exists():
+    state = own.read_text()
+  else:
+    saved = sorted(directory.glob("process_*-of-*.json"))
+    if not saved:
+      raise FileNotFoundError(f"No data iterator state (process_*-of-*.json) in {directory}.")
+    states = {p.read_text() for p in saved}
+    if len(states) > 1:
+      raise ValueError(
+          f"The data iterator states in {directory} differ between the {len(saved)} processes"
+          " that wrote them, so they cannot be spread over"
+          f" {count} process{'es' if count > 1 else ''}: resume with {len(saved)} processes.")
+    state = states.pop()
+  if isinstance(data_iterator, grain.DatasetIterator):
+    data_iterator.set_state(json.loads(state))
+  else:  # a grain.DataLoader iterator: bytes
+    data_iterator.set_state(state.encode())
+  if hasattr(data_iterator, "start_prefetch"):
+    data_iterator.start_prefetch()  # as grain's own restore does
 
 
 def export_params(workdir: str, params, config) -> str:

@@ -85,9 +85,12 @@ class Preemption:
   """SIGTERM (a preemption notice): the loop stops after the step in flight, at a step that every
   process agrees on, and saves.
 
-  One process: a Python handler sets a flag. Several: JAX's preemption notifier (set up by
-  jax.distributed.initialize) catches the signal and Orbax's reached_preemption agrees on the
-  step across processes; a Python handler here would replace JAX's, so none is installed.
+  One process: a Python handler sets a flag. Several: jax.distributed.initialize starts JAX's
+  preemption service (jax_enable_preemption_service, on by default), whose notifier catches a
+  SIGTERM to any one process and tells the others through the coordinator; Orbax's
+  reached_preemption(step), asked by every process after every step, then turns True for all of
+  them at the same step (one past the largest step any process had reached). A Python handler
+  here would replace JAX's notifier, so none is installed (tests/multiprocess_test.py).
   """
 
   def __init__(self, checkpointer):
@@ -98,6 +101,11 @@ class Preemption:
   def __enter__(self):
     if jax.process_count() == 1:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+    elif not jax.config.jax_enable_preemption_service:
+      logging.warning(
+          "jax_enable_preemption_service is off: a SIGTERM ends this process without a"
+          " checkpoint, and the others wait for it until the heartbeat timeout. Leave the"
+          " option at its default (on) to save and stop on preemption.")
     return self
 
   def __exit__(self, *exc):
@@ -109,7 +117,8 @@ class Preemption:
     self._signalled = True
 
   def reached(self, step: int) -> bool:
-    """Whether to stop after `step`: read once per step (the signal may arrive any time)."""
+    """Whether to stop after `step`: asked once per step, by every process (the signal may
+    arrive any time; JAX's agreement needs every process to ask at every step)."""
     if jax.process_count() > 1:
       return bool(self._manager.reached_preemption(step))
     return self._signalled
