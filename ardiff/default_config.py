@@ -163,6 +163,10 @@ def get_default_config() -> mc.ConfigDict:
   ae.num_latent_tokens = 32
   ae.token_channels = 4
   ae.use_l2_norm = True  # decode L2-normalised latent tokens (every paper config)
+  # The posterior's initial log-variance (encoder bias): near-deterministic at the start, so that
+  # sampled latents carry the frame from the first step (the reference starts from pretrained
+  # weights instead; from scratch at log-variance 0 the decoder learns to ignore the noise).
+  ae.logvar_init = -10.0
   ae.pixel_vocab = 1024  # channels of the softmax between the ViT decoder and the pixel decoder
   ae.z_channels = 256
   ae.pixel_hidden_channels = 128

@@ -35,6 +35,11 @@ from ardiff.models.layers import named
 
 LOGVAR_RANGE = (-30.0, 20.0)  # the reference clamps the posterior's log-variance to this
 _normal = nn.initializers.truncated_normal(0.02)
+# Where the frame's information enters and leaves the latents (patch embedding, latent
+# projections): fan-in scaling, not 0.02. At 0.02 the input's variation starts buried under the
+# positional embeddings, and from scratch the decoder learns the mean image and ignores the
+# latents (the reference's 0.02 init is followed by TiTok's pretrained weights).
+_fan_in = nn.initializers.lecun_normal()
 _zeros = nn.initializers.zeros_init()
 
 
@@ -249,6 +254,7 @@ class Encoder(nn.Module):
   num_heads: int
   mlp_ratio: float
   token_channels: int
+  logvar_init: float = 0.0
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -259,7 +265,7 @@ class Encoder(nn.Module):
     b, w, n = pixels.shape[0], self.width, latent_tokens.shape[0]
     scale = nn.initializers.normal(w ** -0.5)
     x = nn.Conv(w, (self.patch_size,) * 2, strides=(self.patch_size,) * 2, padding="VALID",
-                kernel_init=named(_normal, (None, None, None, "embed")),
+                kernel_init=named(_fan_in, (None, None, None, "embed")),
                 bias_init=named(_zeros, ("embed",)), name="patch_embed", **kw)(pixels)
     x = x.reshape(b, -1, w).astype(jnp.float32)  # [B, P, W], patches in row-major order
     p = x.shape[1]
@@ -278,8 +284,14 @@ class Encoder(nn.Module):
     # The reference reshapes [B, N, W] to [B, W, N] (not a transpose) before its 1x1 conv: each
     # output token reads a mix of all tokens' features. Kept, so that its weights mean the same.
     mixed = latents.reshape(b, w, n).transpose(0, 2, 1)  # [B, N, W]
-    return nn.Dense(2 * self.token_channels, kernel_init=named(_normal, ("embed", None)),
-                    bias_init=named(_zeros, (None,)), name="conv_out", dtype=jnp.float32,
+    # The log-variance half of the bias starts at logvar_init: a near-deterministic posterior at
+    # first. At std 1 (logvar 0) the sampled latents start as noise, the decoder learns to ignore
+    # them, and with KL weight 0 nothing recovers (the reference starts from TiTok's weights).
+    c = self.token_channels
+    bias_init = lambda key, shape, dtype=jnp.float32: jnp.concatenate(
+        [jnp.zeros((c,), dtype), jnp.full((c,), self.logvar_init, dtype)])
+    return nn.Dense(2 * c, kernel_init=named(_fan_in, ("embed", None)),
+                    bias_init=named(bias_init, (None,)), name="conv_out", dtype=jnp.float32,
                     param_dtype=self.param_dtype)(mixed)
 
 
@@ -305,7 +317,7 @@ class Decoder(nn.Module):
     w, g = self.width, self.grid_size
     p = g * g
     scale = nn.initializers.normal(w ** -0.5)
-    x = nn.Dense(w, kernel_init=named(_normal, (None, "embed")), bias_init=named(_zeros, ("embed",)),
+    x = nn.Dense(w, kernel_init=named(_fan_in, (None, "embed")), bias_init=named(_zeros, ("embed",)),
                  name="decoder_embed", dtype=jnp.float32, param_dtype=self.param_dtype)(
                      z.reshape(b * f, n, -1))
     latent_pos = self.param("latent_token_positional_embedding", named(scale, (None, "embed")),
@@ -349,6 +361,7 @@ class FrameAutoencoder(nn.Module):
   num_latent_tokens: int = 32
   token_channels: int = 4
   use_l2_norm: bool = True
+  logvar_init: float = -10.0
   pixel_vocab: int = 1024
   z_channels: int = 256
   pixel_hidden_channels: int = 128
@@ -371,7 +384,7 @@ class FrameAutoencoder(nn.Module):
       )
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.encoder = Encoder(self.patch_size, self.width, self.encoder_depth, self.num_heads,
-                           self.mlp_ratio, self.token_channels, self.remat, **kw)
+                           self.mlp_ratio, self.token_channels, self.logvar_init, self.remat, **kw)
     self.decoder = Decoder(g, self.width, self.decoder_depth, self.num_heads, self.mlp_ratio,
                            self.pixel_vocab, self.temporal, self.temporal_window, self.remat, **kw)
     self.latent_tokens = self.param(
@@ -418,7 +431,8 @@ def build_autoencoder(ae) -> FrameAutoencoder:
       image_size=ae.image_size, patch_size=ae.patch_size, width=ae.width,
       encoder_depth=ae.encoder_depth, decoder_depth=ae.decoder_depth, num_heads=ae.num_heads,
       mlp_ratio=ae.mlp_ratio, num_latent_tokens=ae.num_latent_tokens,
-      token_channels=ae.token_channels, use_l2_norm=ae.use_l2_norm, pixel_vocab=ae.pixel_vocab,
+      token_channels=ae.token_channels, use_l2_norm=ae.use_l2_norm, logvar_init=ae.logvar_init,
+      pixel_vocab=ae.pixel_vocab,
       z_channels=ae.z_channels, pixel_hidden_channels=ae.pixel_hidden_channels,
       channel_mult=tuple(ae.channel_mult), num_res_blocks=ae.num_res_blocks,
       norm_groups=ae.norm_groups, temporal=ae.temporal, temporal_window=ae.temporal_window,
