@@ -23,11 +23,12 @@ def get_config(name, *args):
 
 
 @pytest.mark.parametrize("module", ["ardiff.sampling", "ardiff.generate", "ardiff.evaluation",
-                                    "ardiff.evaluation.run", "ardiff.checkpoint"])
-def test_lower_layers_do_not_import_the_trainer(module):
-  """sampling -> generate -> evaluation -> train -> main: nothing below imports the trainer."""
-  code = (f"import sys, {module}; bad = [m for m in ('ardiff.train', 'ardiff.main') if m in"
-          " sys.modules]; assert not bad, bad")
+                                    "ardiff.evaluation.run", "ardiff.checkpoint",
+                                    "ardiff.autoencoder_state", "ardiff.extract_latents"])
+def test_lower_layers_do_not_import_the_trainers(module):
+  """sampling -> generate -> evaluation -> the trainers -> main: nothing below imports them."""
+  code = (f"import sys, {module}; bad = [m for m in ('ardiff.train', 'ardiff.train_autoencoder',"
+          " 'ardiff.main') if m in sys.modules]; assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
                  env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
