@@ -293,6 +293,13 @@ class Run:
             flush=True)
     return state, preempted
 
+  def export(self, state, params, what: str):
+    """Writes params (of a finished run) to workdir/export for inference."""
+    if int(state["step"]) >= self.config.num_train_steps:
+      path = checkpoint.export_params(self.workdir, params, self.config)
+      if self.lead:
+        print(f"Exported {what} to {path}.", flush=True)
+
   def close(self):
     self.ckpt.wait()
     self.ckpt.close()

@@ -153,6 +153,30 @@ def reconstruct(config, model, params, batch, rng):
   return jnp.stack([x0, x_t, pred])
 
 
+def create_state(config, mesh, rng):
+  """A new train state; with config.init_from, its parameters (and their EMA) taken from that
+  run or export (fine-tuning, e.g. of a converted released checkpoint), the optimizer fresh."""
+  state = train_state.create_train_state(config, mesh, rng)
+  if not config.get("init_from"):
+    return state
+  try:
+    params, step = checkpoint.load_inference_params(config, config.init_from, mesh)
+  except Exception as e:  # pylint: disable=broad-except  (any failure: say which field)
+    raise ValueError(
+        f"config.init_from={config.init_from} cannot start this run ({type(e).__name__}: {e})."
+        " It must be a workdir with a checkpoint or an export of a model of this config's"
+        " config.model (variant and sizes).") from e
+  source = f"step {step}" if step is not None else "its export"
+  if jax.process_index() == 0:
+    print(f"Starting from the parameters of {config.init_from} ({source}).", flush=True)
+  shards = jax.tree.map(lambda a: a.sharding, state)
+  state["params"] = params
+  state["ema_params"] = jax.jit(lambda p: p, out_shardings=shards["ema_params"])(params)
+  state["opt_state"] = jax.jit(train_state.make_optimizer(config).init,
+                               out_shardings=shards["opt_state"])(params)
+  return state
+
+
 def batch_shardings(config, mesh) -> dict:
   """The shardings of a global batch: frames or latents, and labels, split over the batch."""
   if config.latents.autoencoder_workdir:
@@ -184,7 +208,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     state = run.restore_or_create(
         train_state.abstract_state(config, mesh),
-        lambda: train_state.create_train_state(config, mesh, init_rng))
+        lambda: create_state(config, mesh, init_rng))
     train_step_fn = make_train_step(config, mesh)
     # Replicated output: every process can read it (the batch itself is split across hosts).
     preview_fn = jax.jit(functools.partial(reconstruct, config, build_model(config)),
@@ -215,10 +239,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state, lambda s, b: train_step_fn(s, sharding.global_batch(b, config, mesh), step_rng),
         [run.every(config.sample_every_steps, write_samples),
          run.every(config.eval_every_steps, evaluate)])
-    if int(state["step"]) >= config.num_train_steps:
-      path = checkpoint.export_params(workdir, state["ema_params"], config)
-      if run.lead:
-        print(f"Exported EMA parameters to {path}.", flush=True)
+    run.export(state, state["ema_params"], "EMA parameters")
   finally:
     run.close()
   return run.scalars

@@ -23,7 +23,6 @@ import optax
 
 from ardiff import autoencoder_loss as losses
 from ardiff import autoencoder_state
-from ardiff import checkpoint
 from ardiff import loop
 from ardiff import sharding
 from ardiff import summaries
@@ -191,10 +190,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, _ = run.train(
         state, lambda s, b: train_step_fn(s, sharding.global_batch(b, config, mesh), step_rng),
         [run.every(config.sample_every_steps, write_reconstructions)])
-    if int(state["step"]) >= config.num_train_steps:
-      path = checkpoint.export_params(workdir, state["params"], config)
-      if run.lead:
-        print(f"Exported the autoencoder's parameters to {path}.", flush=True)
+    run.export(state, state["params"], "the autoencoder's parameters")
   finally:
     run.close()
   return run.scalars

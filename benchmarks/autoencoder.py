@@ -16,7 +16,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ardiff import autoencoder_state
@@ -25,6 +24,7 @@ from ardiff import train_autoencoder
 from ardiff.data import pipeline
 from ardiff.evaluation import metrics
 from configs import common
+from benchmarks import machine
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained stage-1 run (per-frame decoder).")
 _TEMPORAL = flags.DEFINE_string("temporal_workdir", None, "Its temporal fine-tune, if any.")
@@ -59,16 +59,6 @@ def quality_rows(workdir: str, temporal_workdir: str | None):
     print(f"| {name} | `{path}` | {psnr:.2f} | {ssim:.4f} | {lpips:.4f} |")
 
 
-def matmul_rate(n=2048, repeats=5) -> float:
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(repeats):
-    f(a).block_until_ready()
-  return 2 * n ** 3 * repeats / (time.perf_counter() - start)
-
-
 def paper_step_rate():
   c = common.get_paper_vae_config("synthetic", learning_rate=1e-4, gan_start_step=0)
   c.autoencoder.encoder_depth = c.autoencoder.decoder_depth = _PAPER_DEPTH.value
@@ -91,7 +81,7 @@ def paper_step_rate():
   jax.block_until_ready(m)
   per_step = (time.perf_counter() - start) / _STEPS.value
   params = autoencoder_state.parameter_count(c)
-  rate = matmul_rate()
+  rate = machine.matmul_flops_per_sec()
   print(f"\ndevice: {jax.devices()[0].platform} x{jax.device_count()}, float32 2048^2 matmul:"
         f" {rate / 1e9:.1f} GFLOP/s\n")
   print("| model | params | frames/step | first step (compile) s | s/step | frames/s |")

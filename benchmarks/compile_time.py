@@ -35,6 +35,7 @@ from ardiff import train
 from ardiff import train_state
 from ardiff.models import build_model
 from configs import common
+from benchmarks import machine
 
 _DEPTHS = flags.DEFINE_list("depths", ["4", "28"], "Layers of the paper-shape model.")
 _WHAT = flags.DEFINE_list("what", ["train", "sampler"], "train and/or sampler.")
@@ -126,17 +127,6 @@ def time_sampler(depth: int) -> tuple[Timer, Timer]:
   return compile_t, run_t
 
 
-def matmul_flops_per_sec(n=2048, reps=10):
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(reps):
-    out = f(a)
-  out.block_until_ready()
-  return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
 def run_child(what: str, depth: int) -> list[str]:
   """The table's compile s, run s, compile CPU s and run CPU s, from a fresh process."""
   flag_names = ("batch", "train_steps", "frames", "ar_step", "num_steps", "videos")
@@ -168,7 +158,7 @@ def main(argv):
                       "compile_cpu_s": compile_t.cpu, "run_cpu_s": run_t.cpu}), flush=True)
     return
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), float32 matmul"
-        f" 2048^2: {matmul_flops_per_sec() / 1e9:.1f} GFLOP/s")
+        f" 2048^2: {machine.matmul_flops_per_sec() / 1e9:.1f} GFLOP/s")
   print(f"train step: batch {_BATCH.value}; sampler: {_FRAMES.value} frames, ar_step"
         f" {_AR_STEP.value}, {_NUM_STEPS.value} DDIM steps, KV cache, {_VIDEOS.value} video(s)")
   print("| model | depth | what | compile s | run s (one step / one video) | compile CPU s |"

@@ -24,6 +24,7 @@ from ardiff.models import build_model
 from configs import common
 from configs import demo
 from configs import tiny
+from benchmarks import machine
 
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "demo", "paper"], "Which configs to time.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per config (after one warm-up).")
@@ -39,17 +40,6 @@ def paper_config():
   c.global_batch_size = _PAPER_BATCH.value
   c.model.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   return c
-
-
-def matmul_flops_per_sec(n=2048, dtype=jnp.float32, reps=10):
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(reps):
-    out = f(a)
-  out.block_until_ready()
-  return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def time_config(name, config):
@@ -89,7 +79,7 @@ def main(argv):
   builders = {"tiny": tiny.get_config, "demo": demo.get_config, "paper": paper_config}
   device = jax.devices()[0]
   ref_dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  peak = matmul_flops_per_sec(dtype=ref_dtype)
+  peak = machine.matmul_flops_per_sec(dtype=ref_dtype)
   print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}),"
         f" matmul 2048^2 {jnp.dtype(ref_dtype).name}: {peak / 1e9:.1f} GFLOP/s")
   print("| config | params | batch | steps/s | tokens/s | GFLOP/step | achieved GFLOP/s | / matmul |")
@@ -102,7 +92,7 @@ def main(argv):
     print(f"| {name} | {r['params']:,} | {r['batch']} | {1 / r['step_s']:.2f} |"
           f" {r['tokens'] / r['step_s']:,.0f} | {r['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} |"
           f" {achieved / peak:.2f} |", flush=True)
-  print(f"matmul reference measured again: {matmul_flops_per_sec(dtype=ref_dtype) / 1e9:.1f} GFLOP/s")
+  print(f"matmul reference measured again: {machine.matmul_flops_per_sec(dtype=ref_dtype) / 1e9:.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

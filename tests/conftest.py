@@ -2,6 +2,7 @@
 configs the tests train (every config file at its runlocal size)."""
 
 import functools
+import glob
 import importlib
 import os
 
@@ -17,6 +18,8 @@ flags.FLAGS.mark_as_parsed()
 
 
 import pytest  # noqa: E402
+from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
+from tensorboard.util import tensor_util  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +50,15 @@ def make_config(tfds_dir):
   """The tests' one way to a trainable config: make_config(name="tiny", **overrides) is
   runlocal_config on the shared test datasets."""
   return functools.partial(runlocal_config, data_dir=tfds_dir)
+
+
+def read_tensors(workdir: str, tag: str) -> dict:
+  """{step: value} of a summary in workdir's TensorBoard event files (scalars, GIF images)."""
+  values = {}
+  for f in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    acc = event_accumulator.EventAccumulator(f, size_guidance={"tensors": 0})
+    acc.Reload()
+    if tag in acc.Tags()["tensors"]:
+      for ev in acc.Tensors(tag):
+        values[ev.step] = tensor_util.make_ndarray(ev.tensor_proto)
+  return values

@@ -8,6 +8,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from conftest import read_tensors
+
 from ardiff import checkpoint
 from ardiff import generate
 from ardiff import train
@@ -32,8 +34,6 @@ def trained(tmp_path_factory, make_config):
 
 
 def test_training_summaries_hold_samples_and_fvd(trained):
-  from tests.train_test import read_tensors  # noqa: PLC0415
-
   assert 2 in read_tensors(trained, "samples")
   fvd = read_tensors(trained, "eval/fvd")
   assert 2 in fvd and np.isfinite(float(fvd[2]))

@@ -16,8 +16,8 @@ import threading
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.util import tensor_util
+
+from conftest import read_tensors
 
 from ardiff import checkpoint
 from ardiff import sharding
@@ -29,18 +29,6 @@ from ardiff.data import pipeline
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_STEPS = 8
 TIMEOUT_S = 480  # per multi-process run; a hang fails the test instead of stalling CI
-
-
-def read_tensors(workdir, tag) -> dict:
-  """{step: value} of a scalar summary in workdir's event files (as tests/train_test.py)."""
-  values = {}
-  for f in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
-    acc = event_accumulator.EventAccumulator(f, size_guidance={"tensors": 0})
-    acc.Reload()
-    if tag in acc.Tags()["tensors"]:
-      for ev in acc.Tensors(tag):
-        values[ev.step] = tensor_util.make_ndarray(ev.tensor_proto)
-  return values
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 TensorBoard holds scalars and videos, bad input gets clear errors."""
 
 import functools
-import glob
 import io
 import os
 import signal
@@ -15,8 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.util import tensor_util
+
+from conftest import read_tensors
 
 from ardiff import checkpoint
 from ardiff import loop
@@ -92,18 +91,6 @@ def test_sharded_parameters_are_actually_split():
       kernel.shape[0], kernel.shape[1] // 2, kernel.shape[2] // 2)
   mu = state["opt_state"][1][0].mu["blocks"]["mlp"]["fc1"]["kernel"]
   assert mu.sharding.spec == kernel.sharding.spec  # optimizer state follows its parameter
-
-
-def read_tensors(workdir, tag):
-  files = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
-  values = {}
-  for f in files:
-    acc = event_accumulator.EventAccumulator(f, size_guidance={"tensors": 0})
-    acc.Reload()
-    if tag in acc.Tags()["tensors"]:
-      for ev in acc.Tensors(tag):
-        values[ev.step] = tensor_util.make_ndarray(ev.tensor_proto)
-  return values
 
 
 def test_resume_is_exact_and_summaries_are_written(tmp_path, make_config):
