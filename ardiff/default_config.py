@@ -26,6 +26,10 @@ def get_default_config() -> mc.ConfigDict:
 
   # Training timestep sampler: fopp | autoregressive | diffusion_forcing | full_sequence.
   c.train_timesteps = "fopp"
+  # Start training from the parameters of another run or export (a workdir: its latest
+  # checkpoint's EMA parameters, else its export, e.g. one written by `python -m ardiff.convert`)
+  # instead of random ones; the optimizer and EMA start afresh. None: from scratch.
+  c.init_from = mc.config_dict.placeholder(str)
   # Probability of replacing the class label by the null label (classifier-free guidance).
   c.label_drop = 0.1
 
@@ -63,6 +67,14 @@ def get_default_config() -> mc.ConfigDict:
   c.data.prefetch_buffer_size = 2
 
   c.model = mc.ConfigDict()
+  # "ardiff": ardiff's own DiT (models/dit.py). "reference": the reference's DiT_crossattn as its
+  # released checkpoints configure it (models/reference_dit.py; ardiff.convert brings them in):
+  # fixed sin-cos positions instead of RoPE, reference_context_* conditioning tokens, share_norm
+  # blocks, the leaky mask (context_attends_video, num_context_tokens and rope_theta unused), no
+  # KV cache. README, "Using the released checkpoints".
+  c.model.variant = "ardiff"
+  c.model.reference_context_tokens = 77  # the reference variant's context: tokens x width
+  c.model.reference_context_dim = 768
   c.model.num_frames = num_frames
   c.model.tokens_per_frame = (resolution // patch_size) * (resolution // patch_size)
   c.model.in_channels = patch_size * patch_size * 3
@@ -117,6 +129,16 @@ def get_default_config() -> mc.ConfigDict:
   # setting it would then change the training clip length too.)
   c.sampling.num_frames = mc.config_dict.placeholder(int)
   c.sampling.eta = 0.0
+  # DDIM timesteps (diffusion.ddim_timesteps): "ardiff" evenly spaced from T - 1, the last step
+  # landing on the clean frame; frames not yet started are fed at T - 1. "reference": the
+  # reference's (LDM's "uniform" spacing + 1: 981, 961, ..., 1 for T = 1000 and 50 steps), the
+  # last step landing at t = 0 (alpha_bar = 1 - beta_0, not clean), frames not yet started fed
+  # at T - 1, and finished frames re-stepped from finished_timestep to t = 0 with themselves as
+  # x0 at every call, as its sampler does (no KV cache then: they change from call to call).
+  c.sampling.timestep_grid = "ardiff"
+  # The timestep at which finished frames are fed while later frames denoise: 0 (clean, as the
+  # model saw them in training) or 1 (the reference's sampler).
+  c.sampling.finished_timestep = 0
   # Finished frames kept in view when a long video slides its window (None: the default of
   # timesteps.default_context_frames).
   c.sampling.context_frames = mc.config_dict.placeholder(int)

@@ -145,6 +145,22 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
   return np.concatenate([ts, [-1]]).astype(np.int32)
 
 
+def reference_ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """int32 [num_steps + 1]: the reference's DDIM timesteps in ddim_timesteps' layout.
+
+  Its sampler (LDM's "uniform" spacing, shifted by one) walks c * (N - 1) + 1, ..., c + 1, 1
+  with c = T / N (981, 961, ..., 1 for T = 1000, N = 50): it treats pure noise as t = 981,
+  and its last step lands at t = 0 (alpha_bar = 1 - beta_0), not on the clean frame.
+  """
+  if not 1 <= num_steps <= num_timesteps or num_timesteps % num_steps:
+    raise ValueError(
+        f"The reference's DDIM timesteps need num_steps={num_steps} to divide"
+        f" num_timesteps={num_timesteps} (its spacing is T // N; e.g. 50 steps of 1000), or"
+        " config.sampling.timestep_grid='ardiff'.")
+  c = num_timesteps // num_steps
+  return np.concatenate([c * np.arange(num_steps - 1, -1, -1) + 1, [0]]).astype(np.int32)
+
+
 def ddim_step(sched: Schedule, x_t, t, t_next, x0, eps, noise=None, eta: float = 0.0):
   """One DDIM update from t to t_next, both int [B, F]: each frame has its own pair.
 

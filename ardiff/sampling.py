@@ -5,6 +5,8 @@ config.model.num_frames frames starting at its window_start. A frame that has co
 DDIM steps sits at grid[k] (diffusion.ddim_timesteps; grid[N] = -1, clean); a call moves the
 frames it updates from grid[k] to grid[k + 1]. Finished frames are fed clean at t = 0, frames
 not yet started are noise at grid[0], and the model sees exactly its window, as in training.
+config.sampling.timestep_grid = "reference" and finished_timestep = 1 instead reproduce the
+reference's sampler, for its released checkpoints (_DenoisingStep).
 
 KV cache (config.sampling.kv_cache). Under temporal causal attention a finished frame's keys and
 values depend only on it and the frames before it in the window, so they stay the same from call
@@ -33,6 +35,9 @@ from ardiff import sampling_plan
 from ardiff import timesteps
 
 
+TIMESTEP_GRIDS = ("ardiff", "reference")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Spec:
   """Every static setting of a sampler (hashable: samplers are built once per spec)."""
@@ -46,6 +51,8 @@ class _Spec:
   num_steps: int
   context_frames: int | None
   eta: float
+  timestep_grid: str
+  finished_timestep: int
   clip_denoised: bool
   guidance_scale: float
   kv_cache: bool
@@ -123,6 +130,8 @@ def make_sampler(
       num_steps=int(s.num_steps),
       context_frames=s.context_frames,
       eta=float(s.eta),
+      timestep_grid=str(s.get("timestep_grid", "ardiff")),
+      finished_timestep=int(s.get("finished_timestep", 0)),
       clip_denoised=bool(s.clip_denoised),
       guidance_scale=float(s.guidance_scale),
       kv_cache=bool(s.kv_cache if kv_cache is None else kv_cache),
@@ -133,8 +142,21 @@ def make_sampler(
       max_branches=max_branches,
       compiler_options=tuple(sorted(compiler_options.items())) if compiler_options else None,
   )
+  if spec.timestep_grid not in TIMESTEP_GRIDS:
+    raise ValueError(
+        f"config.sampling.timestep_grid={spec.timestep_grid!r}: one of {TIMESTEP_GRIDS}.")
+  if not 0 <= spec.finished_timestep < spec.num_timesteps:
+    raise ValueError(
+        f"config.sampling.finished_timestep={spec.finished_timestep} must lie in"
+        f" [0, {spec.num_timesteps}): 0 (clean, ardiff's) or 1 (the reference's).")
   if spec.kv_cache and getattr(model, "context_attends_video", False):
-    logging.warning("context_attends_video: the context sees the frames, sampling without cache.")
+    logging.warning(getattr(model, "kv_cache_refusal",
+                            "context_attends_video: the context sees the frames, sampling"
+                            " without cache."))
+    spec = dataclasses.replace(spec, kv_cache=False)
+  if spec.kv_cache and spec.timestep_grid == "reference":
+    logging.warning("sampling.timestep_grid='reference' changes finished frames at every call"
+                    " (as the reference's sampler does): sampling without cache.")
     spec = dataclasses.replace(spec, kv_cache=False)
   return _build(model, spec)
 
@@ -209,7 +231,7 @@ def _run(model, spec, schedule, plan, window, params, rngs, labels, prefix):
       spec=spec,
       guided=guided,
       sched=diffusion.make_schedule(spec.beta_schedule, spec.num_timesteps),
-      grid=jnp.asarray(diffusion.ddim_timesteps(spec.num_timesteps, spec.num_steps)),
+      grid=jnp.asarray(_grid(spec)),
       noise_keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(rngs),
       noise_shape=(window,) + frame_shape,
   )
@@ -217,6 +239,13 @@ def _run(model, spec, schedule, plan, window, params, rngs, labels, prefix):
   if plan is None:
     return _sample_uncached(model, step, schedule, window, x)
   return _sample_cached(model, step, schedule, plan, window, x)
+
+
+def _grid(spec) -> np.ndarray:
+  """The DDIM timestep after k of N steps, int32 [N + 1] (sampling.timestep_grid)."""
+  if spec.timestep_grid == "reference":
+    return diffusion.reference_ddim_timesteps(spec.num_timesteps, spec.num_steps)
+  return diffusion.ddim_timesteps(spec.num_timesteps, spec.num_steps)
 
 
 def _with_null_labels(labels: jax.Array, num_classes: int) -> jax.Array:
@@ -268,15 +297,21 @@ class _DenoisingStep:
   noise_keys: jax.Array  # [B]: a key per video for the DDIM noise (eta > 0)
   noise_shape: tuple[int, ...]  # (W, L, C): noise is drawn for the whole window
 
-  def model_timesteps(self, prev: jax.Array, num_videos: int) -> jax.Array:
-    """int32 [B, Q]: the model's timestep of frames that completed prev [Q] steps."""
+  def model_timesteps(self, prev: jax.Array, num_videos: int, new: jax.Array) -> jax.Array:
+    """int32 [B, Q]: the model's timestep of frames that completed prev [Q] steps and will have
+    completed new [Q] after the call."""
+    s = self.spec
     t = jnp.broadcast_to(self.grid[prev], (num_videos,) + prev.shape)
-    # Finished frames (grid = -1) are fed clean at t = 0, as the model saw them in training.
-    return jnp.where(prev == self.spec.num_steps, 0, t)
+    if s.timestep_grid == "reference":  # frames not yet started: at T - 1, not at grid[0]
+      t = jnp.where((prev == 0) & (new == 0), s.num_timesteps - 1, t)
+    # Finished frames (grid = -1) are fed clean at t = 0, as the model saw them in training
+    # (finished_timestep; the reference's sampler feeds them at t = 1).
+    return jnp.where(prev == s.num_steps, s.finished_timestep, t)
 
-  def model_inputs(self, x: jax.Array, prev: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The model's (x, t) for the frames x [B, Q, L, C] at steps prev [Q]."""
-    t = self.model_timesteps(prev, x.shape[0])
+  def model_inputs(self, x: jax.Array, prev: jax.Array, new: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+    """The model's (x, t) for the frames x [B, Q, L, C] moving from steps prev to new [Q]."""
+    t = self.model_timesteps(prev, x.shape[0], new)
     if self.guided:
       return _duplicate_for_guidance(x), _duplicate_for_guidance(t)
     return x, t
@@ -291,18 +326,27 @@ class _DenoisingStep:
   def __call__(self, x, out, prev, new, noise=None) -> jax.Array:
     """The frames x [B, Q, L, C] moved from steps prev to new [Q] (prev == new: unchanged).
 
-    out: the model's output on model_inputs(x, prev). noise: [B, Q, L, C] or None.
+    out: the model's output on model_inputs(x, prev, new). noise: [B, Q, L, C] or None.
     """
     s = self.spec
     if self.guided:
       out = _combine_guidance(out, s.guidance_scale)
-    t_in = self.model_timesteps(prev, x.shape[0])
+    t_in = self.model_timesteps(prev, x.shape[0], new)
     t_cur = jnp.broadcast_to(self.grid[prev], t_in.shape)
     t_next = jnp.broadcast_to(self.grid[new], t_in.shape)
     x0, eps = diffusion.to_x0_eps(self.sched, s.parameterization, x, t_in, out)
     if s.clip_denoised:
       x0 = jnp.clip(x0, -1.0, 1.0)
       eps = diffusion.eps_from_x0(self.sched, x, t_in, x0)
+    if s.timestep_grid == "reference":
+      # The reference's sampler steps every frame of the window, the finished ones with
+      # themselves as x0 from the timestep they are fed at to grid[N] (t = 0): at eta = 0 they
+      # grow by about 2e-5 per call; at eta > 0 they get noise.
+      resting = (prev == s.num_steps) & (new == s.num_steps)  # [Q]
+      frames = resting[None, :, None, None]
+      x0 = jnp.where(frames, x, x0)
+      eps = jnp.where(frames, diffusion.eps_from_x0(self.sched, x, t_in, x), eps)
+      t_cur = jnp.where(resting, t_in, t_cur)
     return diffusion.ddim_step(self.sched, x, t_cur, t_next, x0, eps, noise, s.eta)
 
 
@@ -330,7 +374,7 @@ def _uncached_call(model, step, window, x, row):
   x_w = jax.lax.dynamic_slice_in_dim(x, window_start, window, axis=1)  # [B, W, L, C]
   prev = jax.lax.dynamic_slice_in_dim(row["prev"], window_start, window)
   new = jax.lax.dynamic_slice_in_dim(row["new"], window_start, window)
-  out = model(*step.model_inputs(x_w, prev))
+  out = model(*step.model_inputs(x_w, prev, new))
   x_w = step(x_w, out, prev, new, step.noise(row["call"]))
   return jax.lax.dynamic_update_slice_in_dim(x, x_w, window_start, axis=1), None
 
@@ -389,7 +433,8 @@ def _cached_call(size, model, step, window, context_kv, x, cache, row):
   prefix_valid = jnp.concatenate(
       [jnp.ones(context_kv[0].shape[2], bool), slot_frame < row["num_cached"]]
   )
-  out, query_kv = model.decode(*step.model_inputs(x_q, prev), positions, kv_prefix, prefix_valid)
+  out, query_kv = model.decode(*step.model_inputs(x_q, prev, new), positions, kv_prefix,
+                               prefix_valid)
 
   noise = step.noise(row["call"])
   if noise is not None:

@@ -130,3 +130,17 @@ def temporal_finetune(c):
   c.autoencoder.loss.gan_start_step = -1
   c.optimizer.learning_rate = 1e-6
   return c
+
+
+def reference_variant(c):
+  """The reference's released stage-2 model and sampler, in place (README, "Using the released
+  checkpoints"): its DiT (config.model.variant = "reference", 77 context tokens of width 768),
+  its DDIM timesteps and finished frames fed at t = 1, so that a checkpoint converted with
+  `python -m ardiff.convert` gives the reference's samples; no KV cache (its leaky mask)."""
+  c.model.variant = "reference"
+  c.model.reference_context_tokens = 77
+  c.model.reference_context_dim = 768
+  c.sampling.timestep_grid = "reference"
+  c.sampling.finished_timestep = 1
+  c.sampling.kv_cache = False
+  return c

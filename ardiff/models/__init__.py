@@ -1,14 +1,20 @@
-"""Models: the causal video DiT (dit.py) and its layers (layers.py)."""
+"""Models: the causal video DiT (dit.py), the reference's DiT for its released checkpoints
+(reference_dit.py), and their layers (layers.py)."""
 
 import jax.numpy as jnp
 
 from ardiff.models.dit import VideoDiT, attention_mask
+from ardiff.models.reference_dit import ReferenceDiT
+
+VARIANTS = ("ardiff", "reference")
 
 
-def build_model(config) -> VideoDiT:
-  """The denoiser described by a whole config (a file of configs/): uses config.model."""
+def build_model(config) -> VideoDiT | ReferenceDiT:
+  """The denoiser described by a whole config (a file of configs/): uses config.model, whose
+  `variant` picks ardiff's own model or the reference's (to run its released checkpoints)."""
   m = config.model
-  return VideoDiT(
+  variant = m.get("variant", "ardiff")
+  common = dict(
       num_frames=m.num_frames,
       tokens_per_frame=m.tokens_per_frame,
       in_channels=m.in_channels,
@@ -17,14 +23,22 @@ def build_model(config) -> VideoDiT:
       num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio,
       num_classes=m.num_classes,
-      num_context_tokens=m.num_context_tokens,
-      context_attends_video=m.context_attends_video,
-      rope_theta=m.rope_theta,
       remat=m.remat,
       remat_policy=m.remat_policy,
       dtype=jnp.dtype(m.dtype),
       param_dtype=jnp.dtype(m.param_dtype),
   )
+  if variant == "reference":
+    return ReferenceDiT(context_tokens=m.reference_context_tokens,
+                        context_dim=m.reference_context_dim, **common)
+  if variant != "ardiff":
+    raise ValueError(f"config.model.variant={variant!r}: one of {VARIANTS}.")
+  return VideoDiT(
+      num_context_tokens=m.num_context_tokens,
+      context_attends_video=m.context_attends_video,
+      rope_theta=m.rope_theta,
+      **common,
+  )
 
 
-__all__ = ["VideoDiT", "attention_mask", "build_model"]
+__all__ = ["ReferenceDiT", "VARIANTS", "VideoDiT", "attention_mask", "build_model"]

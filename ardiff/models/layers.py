@@ -163,3 +163,38 @@ def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def modulate(x, shift, scale):
   return x * (1.0 + scale) + shift
+
+
+def sincos_positions(num_positions: int, dim: int) -> np.ndarray:
+  """float32 [num_positions, dim]: fixed 1-D (sin, cos) features of positions 0..n-1, computed
+  in float64 as MAE / DiT do (sines first, unlike sinusoidal_embedding's cosines first)."""
+  if dim % 2:
+    raise ValueError(f"sin-cos positions need an even width, got {dim}.")
+  omega = 1.0 / 10_000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  angles = np.arange(num_positions, dtype=np.float64)[:, None] * omega[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+
+class FusedAttention(nn.Module):
+  """Multi-head self-attention with one fused query/key/value projection (kernel [D, 3, H, Dh]
+  + bias [3, H, Dh], timm's `qkv` layout), a boolean mask and no position rotation."""
+
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask):
+    """x [B, S, D]; mask bool [S, S] (query, key), True = may attend."""
+    d = x.shape[-1]
+    shape = (d, 3, self.num_heads, d // self.num_heads)
+    init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
+    kernel = self.param("qkv_kernel", named(init, ("embed", None, "heads", "kv")), shape,
+                        self.param_dtype)
+    bias = self.param("qkv_bias", named(_zeros, (None, "heads", "kv")), shape[1:], self.param_dtype)
+    qkv = jnp.einsum("bsd,dihk->ibshk", x.astype(self.dtype), kernel.astype(self.dtype))
+    q, k, v = qkv + bias.astype(self.dtype)[:, None, None]  # each [B, S, H, Dh]
+    q = nn.with_logical_constraint(q, ("batch", "tokens", "heads", "kv"))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
+    out = nn.with_logical_constraint(out, ("batch", "tokens", "heads", "kv"))
+    return HeadsOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
