@@ -29,6 +29,7 @@ from ardiff import summaries
 from ardiff import train_state
 from ardiff.data import datasets
 from ardiff.data import pipeline
+from ardiff.evaluation import metrics
 from ardiff.models import lpips as lpips_lib
 
 
@@ -45,6 +46,10 @@ def check_config(config):
     raise ValueError("The per-frame autoencoder trains on single frames: config.num_frames=1.")
   if ae.train_only_temporal and not ae.temporal:
     raise ValueError("autoencoder.train_only_temporal needs autoencoder.temporal=True.")
+  if ae.loss.lpips_net == "alexnet" and ae.image_size < metrics.LPIPS_MIN_SIZE:
+    raise ValueError(f"AlexNet's LPIPS needs frames of at least {metrics.LPIPS_MIN_SIZE}x"
+                     f"{metrics.LPIPS_MIN_SIZE} (its pooling leaves nothing of"
+                     f" {ae.image_size}x{ae.image_size}): set autoencoder.loss.lpips_net=vgg16.")
   frames_left = ae.image_size // 2 ** ae.loss.disc_layers
   if ae.loss.gan_start_step >= 0 and frames_left < 4:
     raise ValueError(f"The discriminator's {ae.loss.disc_layers} stride-2 layers leave"

@@ -57,6 +57,7 @@ def runlocal(c):
   if c.trainer == "autoencoder":
     ae.num_latent_tokens, ae.token_channels = 8, 4
   ae.loss.disc_channels, ae.loss.disc_layers = 16, 2
+  ae.loss.lpips_net = "vgg16"  # AlexNet's LPIPS needs frames of 32x32 or more
   if ae.loss.gan_start_step > 0:
     ae.loss.gan_start_step = c.num_train_steps // 2
   c.sampling.num_steps = 4

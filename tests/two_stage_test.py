@@ -120,8 +120,11 @@ def test_missing_steps_are_named(stage1, make_config, tmp_path):
     train.check_config(stage2_config(make_config, workdir, **{"data.resolution": 32}))
 
 
-def test_the_gan_needs_room_in_the_frame(make_config):
+def test_the_gan_and_lpips_need_room_in_the_frame(make_config):
   config = make_config("demo_vae", **{"autoencoder.loss.gan_start_step": 0,
                                       "autoencoder.loss.disc_layers": 3})
   with pytest.raises(ValueError, match="disc_layers"):
+    train_autoencoder.check_config(config)
+  config = make_config("demo_vae", **{"autoencoder.loss.lpips_net": "alexnet"})
+  with pytest.raises(ValueError, match="lpips_net=vgg16"):
     train_autoencoder.check_config(config)
