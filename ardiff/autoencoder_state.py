@@ -67,7 +67,9 @@ def create_state(config, mesh, rng):
   state = train_state.create_from_init(config, mesh, init, rng)
   if config.autoencoder.init_from:
     state["params"] = load_into(state["params"], config.autoencoder.init_from, mesh)
-    state["opt_state"] = jax.jit(make_optimizers(config)[0].init)(state["params"])
+    state["opt_state"] = jax.jit(
+        make_optimizers(config)[0].init,
+        out_shardings=jax.tree.map(lambda a: a.sharding, state["opt_state"]))(state["params"])
   return state
 
 
@@ -112,6 +114,16 @@ def load_params(workdir: str, mesh=None):
 
 
 
+def param_shardings(params):
+  return jax.tree.map(lambda a: a.sharding, params)
+
+
+def replicated_like(params):
+  """The replicated sharding on the mesh params live on: inputs every process holds whole and
+  outputs every process can read (with several processes, host arrays and results must be)."""
+  return sharding.replicated(jax.tree.leaves(params)[0].sharding.mesh)
+
+
 def parameter_count(config) -> int:
   """The autoencoder's parameter count, from jax.eval_shape (nothing is allocated)."""
   model, _ = build_models(config)
@@ -125,8 +137,9 @@ def reconstruct(workdir: str, clips: np.ndarray, batch_size: int = 4) -> np.ndar
   decoder, clipped to [0, 1]): uint8 reconstructions of the same shape."""
   params, run_config, _ = load_params(workdir)
   model = autoencoder_lib.build_autoencoder(run_config.autoencoder)
+  rep = replicated_like(params)
 
-  @jax.jit
+  @functools.partial(jax.jit, in_shardings=(param_shardings(params), rep), out_shardings=rep)
   def apply(params, video):
     rec, _, _ = model.apply({"params": params}, video.astype(jnp.float32) / 255.0)
     return jnp.round(jnp.clip(rec, 0.0, 1.0) * 255.0).astype(jnp.uint8)

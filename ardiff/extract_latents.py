@@ -39,9 +39,17 @@ def make_encoder(ae, config, mesh, params):
     mean, _ = model.apply({"params": params}, x, method="encode")
     return mean[:, 0]
 
-  jitted = jax.jit(encode, in_shardings=(shards, sharding.batch_sharding(config, mesh, 4)),
+  batch_shards = sharding.batch_sharding(config, mesh, 4)
+  jitted = jax.jit(encode, in_shardings=(shards, batch_shards),
                    out_shardings=sharding.replicated(mesh))
-  return lambda frames: np.asarray(jax.device_get(jitted(params, frames)))
+
+  def encoder(frames):
+    # Every process holds the whole batch: each puts its devices' rows of it (a numpy array
+    # with a split sharding is refused by jit when there are several processes).
+    batch = jax.make_array_from_callback(frames.shape, batch_shards, lambda idx: frames[idx])
+    return np.asarray(jax.device_get(jitted(params, batch)))
+
+  return encoder
 
 
 def encode_frames(encoder, frames: np.ndarray, batch_size: int) -> np.ndarray:
@@ -133,13 +141,14 @@ def extract(config, workdir: str, *, progress: bool = True) -> dict:
                                    resolution=ae.image_size,
                                    split_number=config.data.split_number)
     except ValueError as e:
-      if "no split" in str(e):
+      if f"no split {split!r}" in str(e):  # e.g. the _long datasets hold train only
         continue
       raise
     identity = {"dataset": config.data.name, "split": split,
+                "split_number": int(config.data.split_number),
                 "resolution": int(ae.image_size), "autoencoder_step": step,
                 "autoencoder_workdir": os.path.abspath(workdir)}
-    split_dir = os.path.join(latents_lib.dataset_dir(workdir, config.data.name), split)
+    split_dir = latents_lib.split_dir(config, split, workdir)
     out[split] = extract_split(config, ae, source, split_dir, encoder, identity,
                                progress=progress)
     if jax.process_index() == 0:

@@ -38,13 +38,15 @@ def _latent_decoder(workdir: str):
   (its temporal decoder if it is a temporal fine-tune), jitted; its weights loaded once."""
   params, run_config, _ = autoencoder_state.load_params(workdir)
   model = autoencoder_lib.build_autoencoder(run_config.autoencoder)
+  rep = autoencoder_state.replicated_like(params)
 
-  @jax.jit
+  @functools.partial(jax.jit, in_shardings=(autoencoder_state.param_shardings(params), rep),
+                     out_shardings=rep)
   def decode(params, tokens):
     frames = model.apply({"params": params}, tokens, method="decode")
     return jnp.round(jnp.clip(frames, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
-  return lambda tokens: np.asarray(decode(params, jnp.asarray(tokens, jnp.float32)))
+  return lambda tokens: np.asarray(decode(params, np.asarray(tokens, np.float32)))
 
 
 def tokens_to_video(config, tokens) -> np.ndarray:

@@ -239,7 +239,8 @@ class Run:
     self.metrics = MetricsBuffer(check_keys, last_good=self.ckpt.describe_latest)
     n = config.num_train_steps
     self.report = periodic_actions.ReportProgress(
-        num_train_steps=n, writer=self.writer, every_steps=config.log_every_steps, every_secs=None)
+        num_train_steps=n, writer=self.writer, every_steps=config.log_every_steps or None,
+        every_secs=None if config.log_every_steps else 60.0)
     self.console = ConsoleReport(n, console_keys)
     self.scalars = {}  # the last scalars written
 
@@ -269,6 +270,10 @@ class Run:
   def save(self, step: int, state, **_):
     self.ckpt.save(step, state, self.data_iterator, force=True)
 
+  def _checked_save(self, **kwargs):
+    self.metrics.check()  # never save a diverged state
+    self.save(**kwargs)
+
   def every(self, num_steps: int, callback: Callable[..., Any]):
     """A periodic action of this run (every num_steps and at the last step), after the
     non-finite check; None when num_steps is 0."""
@@ -279,8 +284,12 @@ class Run:
     every log_every_steps, runs extra_actions, saves every checkpoint_every_steps, at the end
     and on preemption. Returns (state, preempted)."""
     c = self.config
+    # The last step is always saved, whatever checkpoint_every_steps (0: only then).
+    save = periodic_actions.PeriodicCallback(
+        every_steps=c.checkpoint_every_steps or None, on_steps=[c.num_train_steps],
+        callback_fn=self._checked_save)
     actions = [self.report, every(c.log_every_steps, self.log, last_step=c.num_train_steps),
-               *extra_actions, self.every(c.checkpoint_every_steps, self.save)]
+               *extra_actions, save]
     with Preemption(self.ckpt) as preemption:
       state, preempted = run(
           state, step_fn, lambda: next(self.data_iterator), start=int(state["step"]),

@@ -22,8 +22,10 @@ import numpy as np
 MANIFEST = "manifest.json"
 
 
-def dataset_dir(autoencoder_workdir: str, data_name: str) -> str:
-  return os.path.join(os.path.abspath(autoencoder_workdir), "latents", data_name)
+def dataset_dir(autoencoder_workdir: str, data_name: str, split_number: int = 1) -> str:
+  """<workdir>/latents/<data_name> (<data_name>_split<k> for UCF-101's official splits 2, 3)."""
+  name = data_name if split_number in (None, 1) else f"{data_name}_split{split_number}"
+  return os.path.join(os.path.abspath(autoencoder_workdir), "latents", name)
 
 
 def shard_path(split_dir: str, index: int) -> str:
@@ -107,9 +109,12 @@ class LatentSource(grain.sources.RandomAccessDataSource):
     return out
 
 
-def split_dir(config, split: str) -> str:
-  """Where the latents of config.data.name's split are, for a stage-2 config."""
-  return os.path.join(dataset_dir(config.latents.autoencoder_workdir, config.data.name), split)
+def split_dir(config, split: str, autoencoder_workdir: str | None = None) -> str:
+  """Where the latents of config.data.name's split are (of config.latents.autoencoder_workdir
+  unless another workdir is given)."""
+  workdir = autoencoder_workdir or config.latents.autoencoder_workdir
+  return os.path.join(
+      dataset_dir(workdir, config.data.name, config.data.get("split_number", 1)), split)
 
 
 def check_ready(config, split: str = "train") -> dict:
@@ -129,7 +134,9 @@ def check_ready(config, split: str = "train") -> dict:
     raise FileNotFoundError(
         f"No latents of {config.data.name} ({split}) in {directory}. Make them with:\n"
         f"  python -m ardiff.main --mode=extract_latents --config=<the config {workdir} was"
-        f" trained with, e.g. configs/{config.data.name}_vae.py> --workdir={workdir}")
+        f" trained with: configs/<dataset>_vae.py, the demo's configs/demo_vae.py>"
+        f" --workdir={workdir} --config.data.name={config.data.name}"
+        f" --config.data.split_number={config.data.get('split_number', 1)}")
   made_at = manifest["identity"]["resolution"]
   if made_at != config.data.resolution:
     raise ValueError(
