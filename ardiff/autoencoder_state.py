@@ -101,16 +101,8 @@ def load_params(workdir: str, mesh=None):
   export)."""
   config = checkpoint.run_config(workdir)
   mesh = mesh or sharding.make_mesh(config.mesh)
-  abstract = abstract_state(config, mesh)
-  ckpt = checkpoint.Checkpointer(workdir)
-  try:
-    step = ckpt.latest_step()
-    if step is not None:
-      return ckpt.restore(abstract)["params"], config, step
-  finally:
-    ckpt.close()
-  params, _ = checkpoint.load_export(workdir, abstract["params"])
-  return params, config, None
+  params, step = checkpoint.load_params(workdir, abstract_state(config, mesh), "params")
+  return params, config, step
 
 
 
@@ -142,7 +134,7 @@ def reconstruct(workdir: str, clips: np.ndarray, batch_size: int = 4) -> np.ndar
   @functools.partial(jax.jit, in_shardings=(param_shardings(params), rep), out_shardings=rep)
   def apply(params, video):
     rec, _, _ = model.apply({"params": params}, video.astype(jnp.float32) / 255.0)
-    return jnp.round(jnp.clip(rec, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    return autoencoder_lib.to_uint8(rec)
 
   return np.concatenate([np.asarray(apply(params, clips[i:i + batch_size]))
                          for i in range(0, len(clips), batch_size)])

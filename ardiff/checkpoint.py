@@ -145,25 +145,33 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
       f"{workdir} holds no run (no config.json): train there first with --mode=train.")
 
 
-def load_inference_params(config, workdir: str, mesh=None):
-  """EMA parameters (or the raw ones if config.sampling.use_ema is False) of the latest
-  checkpoint in workdir, else of workdir/export, restored onto this run's mesh whatever
-  topology wrote them. Returns (params, step or None)."""
-  mesh = mesh or sharding.make_mesh(config.mesh)
-  key = "ema_params" if config.sampling.use_ema else "params"
+def load_params(workdir: str, abstract_state, key: str, export_key: str | None = None):
+  """The parameters state[key] of the latest checkpoint in workdir, else those of its export
+  (which holds the train state's export_key, default key), restored onto abstract_state's
+  shardings whatever topology wrote them. Returns (params, step or None for the export)."""
   ckpt = Checkpointer(workdir)
   try:
-    if ckpt.latest_step() is not None:
-      state = ckpt.restore(train_state.abstract_state(config, mesh))
-      return state[key], int(state["step"])
+    step = ckpt.latest_step()
+    if step is not None:
+      return ckpt.restore(abstract_state)[key], int(step)
   finally:
     ckpt.close()
-  if os.path.exists(os.path.join(workdir, "export", "params")):
-    if not config.sampling.use_ema:
-      logging.warning("sampling.use_ema=False, but the export holds only the EMA parameters.")
-    params, _ = load_export(workdir, train_state.abstract_state(config, mesh)["ema_params"])
-    return params, None
-  raise FileNotFoundError(
-      f"No checkpoint in {os.path.join(workdir, 'checkpoints')} and no export in"
-      f" {os.path.join(workdir, 'export')}: train first with --mode=train and the same --workdir."
-  )
+  if not os.path.exists(os.path.join(workdir, "export", "params")):
+    raise FileNotFoundError(
+        f"No checkpoint in {os.path.join(workdir, 'checkpoints')} and no export in"
+        f" {os.path.join(workdir, 'export')}: train first with --mode=train and the same"
+        " --workdir.")
+  params, _ = load_export(workdir, abstract_state[export_key or key])
+  return params, None
+
+
+def load_inference_params(config, workdir: str, mesh=None):
+  """EMA parameters (or the raw ones if config.sampling.use_ema is False) of the diffusion
+  model's latest checkpoint in workdir, else of workdir/export (the EMA ones), on this run's
+  mesh. Returns (params, step or None)."""
+  mesh = mesh or sharding.make_mesh(config.mesh)
+  key = "ema_params" if config.sampling.use_ema else "params"
+  params, step = load_params(workdir, train_state.abstract_state(config, mesh), key, "ema_params")
+  if step is None and not config.sampling.use_ema:
+    logging.warning("sampling.use_ema=False, but the export holds only the EMA parameters.")
+  return params, step

@@ -44,7 +44,7 @@ def _latent_decoder(workdir: str):
                      out_shardings=rep)
   def decode(params, tokens):
     frames = model.apply({"params": params}, tokens, method="decode")
-    return jnp.round(jnp.clip(frames, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    return autoencoder_lib.to_uint8(frames)
 
   return lambda tokens: np.asarray(decode(params, np.asarray(tokens, np.float32)))
 

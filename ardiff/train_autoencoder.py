@@ -30,6 +30,7 @@ from ardiff import train_state
 from ardiff.data import datasets
 from ardiff.data import pipeline
 from ardiff.evaluation import metrics
+from ardiff.models import autoencoder as autoencoder_lib
 from ardiff.models import lpips as lpips_lib
 
 
@@ -162,8 +163,7 @@ def reconstruct(config, model, params, batch):
   """uint8 [B, F, H, W * 2, 3]: each input next to its reconstruction (posterior mean)."""
   x = frames_in_unit_range(batch)
   rec, _, _ = model.apply({"params": params}, x)
-  to_uint8 = lambda v: jnp.round(jnp.clip(v, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-  return jnp.concatenate([to_uint8(x), to_uint8(rec)], axis=3)
+  return jnp.concatenate([autoencoder_lib.to_uint8(x), autoencoder_lib.to_uint8(rec)], axis=3)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

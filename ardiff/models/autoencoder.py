@@ -52,6 +52,11 @@ def layer_norm(name: str | None = None) -> nn.LayerNorm:
   )
 
 
+def to_uint8(frames: jax.Array) -> jax.Array:
+  """The autoencoder's frames (pixels in [0, 1], reconstructions overshoot) -> uint8."""
+  return jnp.round(jnp.clip(frames, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
 def l2_normalize(z: jax.Array, axis: int = -1) -> jax.Array:
   """z / max(|z|, 1e-12) (torch.nn.functional.normalize)."""
   norm = jnp.sqrt(jnp.sum(jnp.square(z), axis=axis, keepdims=True))
