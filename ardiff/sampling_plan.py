@@ -28,26 +28,13 @@ def sampling_schedule(
 ) -> timesteps.ADSchedule:
   """The AD schedule of num_frames frames of which the first prefix_frames are given.
 
-  Given frames count as finished from the start: the AD schedule of the remaining frames
-  (the paper's recurrence lets the first of them advance at once), shifted behind them, with
-  the window placed as ad_schedule places it (ending at the last frame denoised), so that the
-  given frames stay in view as context while there is room. context_frames only matters (and
-  is only checked) where the window slides over the remaining frames.
+  Given frames count as finished from the start (timesteps.ad_schedule's given_frames): the
+  first frame after them advances at once, and they stay in view as context while there is
+  room. context_frames only matters (and is only checked) where the window slides.
   """
-  if not 0 <= prefix_frames < num_frames:
-    raise ValueError(f"prefix_frames={prefix_frames} must lie in [0, num_frames={num_frames}).")
-  rest = timesteps.ad_schedule(
-      num_frames - prefix_frames, window, ar_step, num_steps, context_frames
+  return timesteps.ad_schedule(
+      num_frames, window, ar_step, num_steps, context_frames, given_frames=prefix_frames
   )
-  if prefix_frames == 0:
-    return rest
-  initial = np.zeros(num_frames, np.int32)
-  initial[:prefix_frames] = num_steps
-  given = np.full((rest.num_calls, prefix_frames), num_steps, np.int32)
-  steps = np.concatenate([given, rest.steps], axis=1)
-  last_updated = prefix_frames + np.array([np.nonzero(u)[0].max() for u in rest.updates])
-  start = np.clip(last_updated - window + 1, 0, max(num_frames - window, 0))
-  return timesteps.ADSchedule(steps, start.astype(np.int32), initial)
 
 
 class CachePlan(NamedTuple):

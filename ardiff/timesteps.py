@@ -172,6 +172,7 @@ def ad_schedule(
     ar_step: int,
     num_steps: int,
     context_frames: int | None = None,
+    given_frames: int = 0,
 ) -> ADSchedule:
   """The AD scheduler's rows for num_frames frames seen through a window of `window` frames.
 
@@ -184,11 +185,18 @@ def ad_schedule(
   For longer videos a frame additionally (a) never advances by more than one step per call,
   and (b) may not start until it fits in the window together with every unfinished frame
   before it and `context_frames` frames of room for finished context (fewer than `window`;
-  default: default_context_frames). The window then starts `window - 1` frames before the last frame
-  that is denoised (never before frame 0 or after num_frames - window). Thus in every call:
+  default: default_context_frames). Rule (b) only binds once the window must slide: the frames
+  of the first window start as in a video of the window's length, so the first window of a long
+  video generates exactly as that video does until a frame beyond it starts. The window then
+  starts `window - 1` frames before the last frame that is denoised (never before frame 0 or
+  after num_frames - window). Thus in every call:
   rows are non-increasing along frames, every updated frame lies inside the window, every
   frame before the window has finished, the window never moves back, and every frame ends
   finished. Where the plain recurrence already keeps these rules it is followed exactly.
+
+  The first given_frames frames (the prefix of video prediction) count as finished from the
+  start (ADSchedule.initial): the first frame after them advances at once, and they stay in view
+  as context, and count as such, while there is room.
   """
   if num_frames < 1 or window < 1 or num_steps < 1:
     raise ValueError("num_frames, window and num_steps must be positive.")
@@ -209,7 +217,11 @@ def ad_schedule(
     )
   span = window - context_frames if long_video else window  # frames that may be in progress
 
-  prev = np.zeros(num_frames, np.int64)
+  if not 0 <= given_frames < num_frames:
+    raise ValueError(f"prefix_frames={given_frames} must lie in [0, num_frames={num_frames}).")
+  initial = np.zeros(num_frames, np.int64)
+  initial[:given_frames] = num_steps
+  prev = initial
   rows, starts = [], []
   while not np.all(prev == num_steps):
     first_unfinished = int(np.argmax(prev < num_steps))
@@ -220,11 +232,17 @@ def ad_schedule(
       else:
         cand = new[i - 1] - ar_step
       if long_video:
-        cand = min(cand, prev[i] + 1) if i < first_unfinished + span else prev[i]
+        # Frames of the first window need no room for context: the window has not moved yet.
+        may_start = i < window or i < first_unfinished + span
+        cand = min(cand, prev[i] + 1) if may_start else prev[i]
         cand = max(cand, prev[i])
       new[i] = min(max(cand, 0), num_steps)
     last_updated = int(np.nonzero(new != prev)[0].max())
     starts.append(min(max(last_updated - window + 1, 0), num_frames - window))
     rows.append(new)
     prev = new
-  return ADSchedule(np.stack(rows).astype(np.int32), np.asarray(starts, np.int32))
+  return ADSchedule(
+      np.stack(rows).astype(np.int32),
+      np.asarray(starts, np.int32),
+      initial.astype(np.int32) if given_frames else None,
+  )

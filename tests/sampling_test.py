@@ -397,12 +397,12 @@ def test_ddim_lands_on_the_oracle_x0(parameterization, kv_cache):
 
 @pytest.mark.parametrize("kv_cache", [False, True])
 def test_context_frames_beyond_a_video_within_the_window(kv_cache):
-  # context_frames = 8 > the 4-frame window: unused where the frames to make fit in the
-  # window, also when the whole video (6 frames, 3 given) slides; an error where it slides.
+  # context_frames = 8 > the 4-frame window: unused where the video (given frames included)
+  # fits in the window; an error where the window slides, given frames or not.
   config = tiny_config(ar_step=1, context_frames=8)
   oracle = Oracle("x0", config.diffusion.num_timesteps)
   prefix = np.zeros((B, 3, L, C), np.float32)
-  for num_frames, k in [(4, 0), (6, 3)]:
+  for num_frames, k in [(4, 0), (4, 3)]:
     sched = sampling_plan.sampling_schedule(num_frames, 4, 1, 4, 8, k)
     default = sampling_plan.sampling_schedule(num_frames, 4, 1, 4, None, k)
     np.testing.assert_array_equal(sched.steps, default.steps)
@@ -414,6 +414,8 @@ def test_context_frames_beyond_a_video_within_the_window(kv_cache):
     np.testing.assert_allclose(out[:, k:], np.broadcast_to(ORACLE_X0, out[:, k:].shape), atol=1e-5)
   with pytest.raises(ValueError, match="context_frames=8 must be less than the window"):
     sampling.make_sampler(oracle, config, 12, kv_cache=kv_cache)
+  with pytest.raises(ValueError, match="context_frames=8 must be less than the window"):
+    sampling.make_sampler(oracle, config, 6, prefix_frames=3, kv_cache=kv_cache)
 
 
 @pytest.mark.parametrize("kv_cache", [False, True])

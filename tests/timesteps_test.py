@@ -220,6 +220,36 @@ def test_ad_schedule_long_video_keeps_context():
       assert len(finished_in_view) >= 2
 
 
+@pytest.mark.parametrize(
+    "num_frames,window,ar_step,num_steps,given",
+    [(17, 16, 0, 50, 0), (48, 16, 1, 50, 0), (12, 4, 0, 5, 0), (33, 8, 2, 9, 0),
+     (20, 16, 0, 50, 4), (12, 4, 1, 5, 2)],
+)
+def test_first_window_of_a_long_video_generates_as_a_video_of_the_window(
+    num_frames, window, ar_step, num_steps, given
+):
+  # Context room is reserved only once the window must slide: the frames of the first window
+  # follow the schedule of a video of the window's length, call for call, and the window stays
+  # put until a frame beyond it starts.
+  long = timesteps.ad_schedule(num_frames, window, ar_step, num_steps, given_frames=given)
+  short = timesteps.ad_schedule(window, window, ar_step, num_steps, given_frames=given)
+  np.testing.assert_array_equal(long.steps[: short.num_calls, :window], short.steps)
+  first_slide = np.argmax(long.updates[:, window:].any(axis=1))
+  assert first_slide > 0 and np.all(long.window_start[:first_slide] == 0)
+  check_long_video_rules(long, num_frames, window, num_steps)
+  if given:  # the given frames are finished throughout and in view while the first window lasts
+    assert np.all(long.previous[:, :given] == num_steps)
+
+
+def test_one_frame_past_the_window_costs_one_more_chunk():
+  # 17 frames at ar_step 0: 50 calls for the first 16 frames, then 50 for the 17th (which sees
+  # 15 finished frames), not 150 with half the window held back from the start.
+  sched = timesteps.ad_schedule(17, 16, 0, 50)
+  assert sched.num_calls == 100
+  assert np.all(sched.updates[:50, :16]) and not sched.updates[:50, 16].any()
+  assert sched.window_start[50] == 1
+
+
 def test_context_frames_are_checked_only_where_the_window_slides():
   # A video within the window never slides: context_frames is unused, whatever its value.
   for window in (4, 16):
