@@ -97,6 +97,10 @@ def get_default_config() -> mc.ConfigDict:
   # nothing_saveable (full remat, least memory) | dots_with_no_batch_dims_saveable (keeps the
   # projections and MLP, recomputes attention) | dots_saveable | everything_saveable.
   c.model.remat_policy = "nothing_saveable"
+  # Attention's implementation (ardiff/models/attention.py): xla | cudnn (GPU, bf16) | splash
+  # (TPU's Pallas kernel, which skips the blocks the frame-causal mask zeroes) | auto (cudnn on a
+  # GPU where it applies, splash on a TPU, else xla).
+  c.model.attention_impl = "xla"
 
   c.mesh = mc.ConfigDict()
   # One size may be -1: it takes the devices that are left.

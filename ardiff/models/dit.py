@@ -71,6 +71,8 @@ class Block(nn.Module):
   tokens_per_frame: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  attention_impl: str = "xla"
+  context_attends_video: bool = False
 
   def setup(self):
     d, kw = self.hidden_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -80,7 +82,7 @@ class Block(nn.Module):
         bias_init=named(nn.initializers.zeros_init(), ("mlp",)), dtype=jnp.float32,
         param_dtype=self.param_dtype,
     )
-    self.attn = layers.Attention(self.num_heads, **kw)
+    self.attn = layers.Attention(self.num_heads, impl=self.attention_impl, **kw)
     self.mlp = layers.Mlp(int(d * self.mlp_ratio), **kw)
 
   def __call__(self, x, kv_prefix, c, cos, sin, mask):
@@ -97,7 +99,11 @@ class Block(nn.Module):
     mod = per_token(self.adaLN(nn.silu(c)), n, l)  # [B, S, 6D]
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     h = layers.modulate(layers.layer_norm(x), shift_a, scale_a)
-    h, kv = self.attn(h, cos, sin, mask, kv_prefix, return_kv=True)  # h in `dtype`
+    # Without cached keys the mask is the window's (or the context's): static, from the shapes.
+    static = None if kv_prefix is not None else attention_mask(
+        n, c.shape[1] - 1, l, self.context_attends_video
+    )
+    h, kv = self.attn(h, cos, sin, mask, kv_prefix, return_kv=True, static_mask=static)
     x = x + gate_a * h  # float32: the updates are rounded, the stream is not
     h = layers.modulate(layers.layer_norm(x), shift_m, scale_m)
     x = x + gate_m * self.mlp(h)
@@ -142,6 +148,7 @@ class VideoDiT(nn.Module):
   rope_theta: float = 10_000.0
   remat: bool = False
   remat_policy: str = "nothing_saveable"  # a key of REMAT_POLICIES
+  attention_impl: str = "xla"  # ardiff/models/attention.py
   dtype: jnp.dtype = jnp.float32  # of the matmuls of attention and MLP (and of the KV cache)
   param_dtype: jnp.dtype = jnp.float32
 
@@ -202,7 +209,10 @@ class VideoDiT(nn.Module):
         out_axes=0,  # the own (k, v) per layer: [depth, B, S, H, Dh]
         length=self.depth,
         metadata_params={nn.PARTITION_NAME: "layers"},
-    )(d, self.num_heads, self.mlp_ratio, self.tokens_per_frame, self.dtype, self.param_dtype)
+    )(
+        d, self.num_heads, self.mlp_ratio, self.tokens_per_frame, self.dtype, self.param_dtype,
+        self.attention_impl, self.context_attends_video,
+    )
     # Final adaLN (shift, scale) and a zero-initialised projection back to the channels.
     self.final_adaLN = nn.Dense(
         2 * d, kernel_init=named(zeros, ("embed", "mlp")), bias_init=named(zeros, ("mlp",)), **kw

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ardiff.models import attention
+
 Dtype = jnp.dtype
 
 # Weight initialisers wrapped with logical names.
@@ -108,14 +110,16 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  impl: str = "xla"  # attention.IMPLEMENTATIONS (config.model.attention_impl)
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, kv_prefix=None, return_kv=False):
+  def __call__(self, x, cos, sin, mask, kv_prefix=None, return_kv=False, static_mask=None):
     """x [B, S, D]; cos/sin [S, Dh/2]; mask bool [S, P + S] (query, key): True = may attend.
 
     kv_prefix: (k, v) [B, P, H, Dh] of P tokens computed earlier (keys already rotated),
     attended before the S own tokens: the KV cache of sampling. None: P = 0.
     return_kv: also return the own (k, v) [B, S, H, Dh] (keys rotated), to be cached.
+    static_mask: the mask as a numpy array where it is known at trace time (for "splash").
     """
     d = x.shape[-1]
     head_dim = d // self.num_heads
@@ -128,7 +132,8 @@ class Attention(nn.Module):
     if kv_prefix is not None:
       k = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)  # [B, P + S, H, Dh]
       v = jnp.concatenate([kv_prefix[1].astype(v.dtype), v], axis=1)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
+    impl = attention.resolve(self.impl, self.dtype, head_dim)
+    out = attention.attend(q, k, v, mask, impl, static_mask)
     out = nn.with_logical_constraint(out, ("batch", "tokens", "heads", "kv"))
     out = HeadsOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
     return (out, own_kv) if return_kv else out
