@@ -16,9 +16,11 @@ cached keys/values of the conditioning tokens (computed once) and of the finishe
 after the last updating one are not computed at all. Frames that finished in the previous call
 are computed once more, clean at t = 0, and their keys/values enter the cache. When the window
 moves the cached frames' view changes: the cache is dropped and the call recomputes every
-finished frame of the new window (a "refresh"). Both paths compute the same function of the
-window: _sample_uncached and _sample_cached differ only in what they run through the model, and
-share one denoising step (_DenoisingStep: guidance, then DDIM).
+finished frame of the new window (a "refresh"). Where the plan saves nothing (every call
+computes the whole window, e.g. ar_step 0 within the window) the plain path runs instead. Both
+paths compute the same function of the window: _sample_uncached and _sample_cached differ only
+in what they run through the model, and share one denoising step (_DenoisingStep: guidance,
+then DDIM).
 """
 
 import dataclasses
@@ -200,6 +202,10 @@ def _build(model, spec: _Spec) -> Sampler:
   plan = None
   if spec.kv_cache:
     plan = sampling_plan.cache_plan(schedule, spec.num_steps, spec.max_branches)
+    if plan.query_frames.sum() >= schedule.num_calls * window:
+      # Nothing to reuse (e.g. ar_step 0: every call updates the whole window): the cache would
+      # only add its bookkeeping, so the plain path runs.
+      plan = None
   guided = spec.num_classes > 0 and spec.guidance_scale != 1.0
   run = functools.partial(_run, model, spec, schedule, plan, window)
   options = dict(spec.compiler_options) if spec.compiler_options else None

@@ -266,7 +266,10 @@ def test_kv_cache_matches_no_cache_and_the_reference(num_frames, ar_step):
       )
       for kv in (False, True)
   }
-  assert len(runs[True].plan.sizes) == branches
+  if runs[True].plan is None:  # nothing to reuse: the cached sampler runs the plain path
+    assert ar_step == 0 and np.all(runs[True].frames_per_call == min(num_frames, 4))
+  else:
+    assert len(runs[True].plan.sizes) == branches
   out = {kv: np.asarray(s(params, keys())) for kv, s in runs.items()}
   assert out[True].shape == (B, num_frames, L, C)
   assert out[False].std() > 0.1
