@@ -150,6 +150,10 @@ def get_default_config() -> mc.ConfigDict:
   c.sampling.clip_denoised = True
   c.sampling.guidance_scale = 1.0
   c.sampling.kv_cache = True
+  # exact: when the window slides, the finished frames in view are recomputed (samples equal the
+  # uncached path's). rolling: their keys/values are kept, positions counted over the whole
+  # video (constant cost per frame on long videos; an approximation, measured in docs/).
+  c.sampling.kv_cache_mode = "exact"
   c.sampling.use_ema = True
   c.sampling.num_videos = 8
   c.sampling.batch_size = 8

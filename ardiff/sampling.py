@@ -21,6 +21,13 @@ computes the whole window, e.g. ar_step 0 within the window) the plain path runs
 paths compute the same function of the window: _sample_uncached and _sample_cached differ only
 in what they run through the model, and share one denoising step (_DenoisingStep: guidance,
 then DDIM).
+
+Rolling cache (config.sampling.kv_cache_mode = "rolling"): when the window moves the cache is
+not dropped; the frames still in view move down their slots, their keys rotated to the new
+positions (RoPE composes, so positions stay window-relative as in training), and only frames
+not yet cached are computed. Their keys and values stay those of the window that computed them
+(which saw frames that have since left the view): an approximation, exact for a one-layer model,
+that makes the cost per frame of a long video that of a video within the window.
 """
 
 import dataclasses
@@ -38,6 +45,11 @@ from ardiff import timesteps
 
 
 TIMESTEP_GRIDS = ("ardiff", "reference")
+# config.sampling.kv_cache_mode: "exact" recomputes the finished frames in view when the window
+# moves (the samples equal the uncached path's); "rolling" keeps their keys and values, computed
+# in earlier windows, with RoPE positions counted over the whole video (constant cost per frame
+# on long videos, an approximation).
+KV_CACHE_MODES = ("exact", "rolling")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +70,7 @@ class _Spec:
   clip_denoised: bool
   guidance_scale: float
   kv_cache: bool
+  kv_cache_mode: str
   parameterization: str
   beta_schedule: str
   num_timesteps: int
@@ -137,6 +150,7 @@ def make_sampler(
       clip_denoised=bool(s.clip_denoised),
       guidance_scale=float(s.guidance_scale),
       kv_cache=bool(s.kv_cache if kv_cache is None else kv_cache),
+      kv_cache_mode=str(s.get("kv_cache_mode", "exact")),
       parameterization=config.diffusion.parameterization,
       beta_schedule=config.diffusion.beta_schedule,
       num_timesteps=int(config.diffusion.num_timesteps),
@@ -144,6 +158,9 @@ def make_sampler(
       max_branches=max_branches,
       compiler_options=tuple(sorted(compiler_options.items())) if compiler_options else None,
   )
+  if spec.kv_cache_mode not in KV_CACHE_MODES:
+    raise ValueError(
+        f"config.sampling.kv_cache_mode={spec.kv_cache_mode!r}: one of {KV_CACHE_MODES}.")
   if spec.timestep_grid not in TIMESTEP_GRIDS:
     raise ValueError(
         f"config.sampling.timestep_grid={spec.timestep_grid!r}: one of {TIMESTEP_GRIDS}.")
@@ -201,7 +218,8 @@ def _build(model, spec: _Spec) -> Sampler:
   window = min(spec.window, spec.num_frames)
   plan = None
   if spec.kv_cache:
-    plan = sampling_plan.cache_plan(schedule, spec.num_steps, spec.max_branches)
+    rolling = spec.kv_cache_mode == "rolling"
+    plan = sampling_plan.cache_plan(schedule, spec.num_steps, spec.max_branches, rolling)
     if plan.query_frames.sum() >= schedule.num_calls * window:
       # Nothing to reuse (e.g. ar_step 0: every call updates the whole window): the cache would
       # only add its bookkeeping, so the plain path runs.
@@ -286,6 +304,9 @@ class _LabelledModel:
 
   def decode(self, x, t, positions, kv_prefix, prefix_valid):
     return self.model.apply(self.params, x, t, positions, kv_prefix, prefix_valid, method="decode")
+
+  def shift_keys(self, keys, shift):
+    return self.model.apply(self.params, keys, shift, method="shift_keys")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,6 +424,8 @@ def _sample_cached(model, step, schedule, plan, window, x):
   rows.update(
       query_start=jnp.asarray(plan.query_start), query_end=jnp.asarray(plan.query_end),
       num_cached=jnp.asarray(plan.num_cached), branch=jnp.asarray(plan.branch),
+      # Frames the window moved by since the last call (rolling: the cache's slots shift).
+      shift=jnp.asarray(np.diff(schedule.window_start, prepend=schedule.window_start[0])),
   )
   # One compiled branch per padded query size; the plan says which serves each call.
   branches = [
@@ -428,8 +451,17 @@ def _cached_call(size, model, step, window, context_kv, x, cache, row):
   clamped = jnp.minimum(frames, num_frames - 1)
   prev = row["prev"][clamped]
   new = jnp.where(valid, row["new"][clamped], prev)  # padding frames do not move
-  positions = frames - window_start  # in the window
+  slots = frames - window_start  # in the window
   x_q = x[:, clamped]  # [B, Q, L, C]
+  if step.spec.kv_cache_mode == "rolling":
+    # The window moved by `shift` frames (0: nothing happens): the cached frames move down as
+    # many slots (those that left the window drop out) and their keys are rotated to their new
+    # positions in the window, so that positions stay window-relative as in training (the
+    # conditioning tokens just before the window). Their keys and values themselves stay as an
+    # earlier window computed them: that is the approximation.
+    keys, values = (jnp.roll(c, -row["shift"], axis=2) for c in cache)
+    cache = (model.shift_keys(keys, row["shift"]), values)
+  positions = slots
 
   kv_prefix = tuple(
       jnp.concatenate([ctx, _flatten_frames(cached)], axis=2)
@@ -444,11 +476,11 @@ def _cached_call(size, model, step, window, context_kv, x, cache, row):
 
   noise = step.noise(row["call"])
   if noise is not None:
-    noise = noise[:, jnp.clip(positions, 0, window - 1)]
+    noise = noise[:, jnp.clip(slots, 0, window - 1)]
   x_q = step(x_q, out, prev, new, noise)
   x = x.at[:, jnp.where(valid, frames, num_frames)].set(x_q, mode="drop")
   # Frames finished at the start of the call were computed clean at t = 0: cache them.
-  slots = jnp.where(valid & (prev == step.spec.num_steps), positions, window)
+  slots = jnp.where(valid & (prev == step.spec.num_steps), slots, window)
   cache = tuple(_store_frames(cached, kv, slots) for cached, kv in zip(cache, query_kv))
   return x, cache
 

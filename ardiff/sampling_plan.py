@@ -64,7 +64,7 @@ class CachePlan(NamedTuple):
 
 
 def cache_plan(
-    schedule: timesteps.ADSchedule, num_steps: int, max_branches: int = 4
+    schedule: timesteps.ADSchedule, num_steps: int, max_branches: int = 4, rolling: bool = False
 ) -> CachePlan:
   """The cached path's work per call (see ardiff/sampling.py's docstring).
 
@@ -72,15 +72,19 @@ def cache_plan(
   in the cache (the frames finished in call r - 1, or every finished frame after a refresh) to
   the last frame it updates. The frames that were finished at its start then enter the cache.
   Query counts are padded up to at most max_branches sizes, chosen to waste the fewest frames.
+  rolling: when the window moves the cache keeps the frames still in view (their keys and
+  values as computed in an earlier window) instead of being refreshed; only the first call
+  refreshes.
   """
   prev, steps, start = schedule.previous, schedule.steps, schedule.window_start
   num_calls = schedule.num_calls
   query_start, query_end, num_cached, refresh = (np.zeros(num_calls, np.int32) for _ in range(4))
   cache_end = 0  # one past the last cached frame
   for r in range(num_calls):
-    refresh[r] = r == 0 or start[r] != start[r - 1]
+    refresh[r] = r == 0 or (start[r] != start[r - 1] and not rolling)
     if refresh[r]:  # the cached frames saw another window: their keys/values are stale
       cache_end = start[r]
+    cache_end = max(cache_end, int(start[r]))  # frames that left the window leave the cache
     query_start[r], num_cached[r] = cache_end, cache_end - start[r]
     query_end[r] = np.nonzero(steps[r] != prev[r])[0].max() + 1
     # The frames finished at the start of the call are computed clean in it: cached after it.

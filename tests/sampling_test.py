@@ -436,3 +436,80 @@ def test_number_of_model_evaluations_with_and_without_labels(kv_cache, labels):
   assert passes == sampler.num_model_calls_for(labels_given=labels is not None)
   assert passes == sampler.schedule.num_calls * (1 if labels is None else 2)
   assert sampler.num_model_calls == sampler.num_model_calls_for(labels_given=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The rolling KV cache (config.sampling.kv_cache_mode = "rolling").
+
+
+def test_rolling_plan_computes_each_finished_frame_once():
+  # Exact: every slide recomputes the finished frames in view. Rolling: a frame is computed
+  # clean once, when it has just finished, and stays cached while it is in view.
+  sched = sampling_plan.sampling_schedule(128, 16, 5, 50)
+  exact = sampling_plan.cache_plan(sched, 50)
+  rolling = sampling_plan.cache_plan(sched, 50, rolling=True)
+  assert rolling.refresh.sum() == 1 and exact.refresh.sum() > 100
+  assert np.all(rolling.num_cached == rolling.query_start - sched.window_start)
+  # Query frames = frames updated in the call + frames that finished in the call before.
+  updated = sched.updates.sum(axis=1)
+  just_finished = np.diff((sched.previous == 50).sum(axis=1), prepend=0)  # in call r - 1
+  np.testing.assert_array_equal(rolling.query_frames, updated + just_finished)
+  # Exact pays, on every slide, for the finished frames of the new window that were cached.
+  refreshed = exact.refresh & (np.arange(sched.num_calls) > 0)
+  extra = (exact.query_frames - rolling.query_frames)[refreshed]
+  assert np.all(extra > 0) and np.all(exact.query_frames[~refreshed] == rolling.query_frames[~refreshed])
+
+
+@pytest.mark.parametrize(
+    "num_frames,ar_step,prefix_frames,deep_differs",
+    [(12, 2, 0, True), (10, 4, 3, True), (12, 0, 0, False)],
+)
+def test_rolling_cache_is_exact_for_one_layer(num_frames, ar_step, prefix_frames, deep_differs):
+  # With one layer a frame's keys and values depend on that frame alone, so keeping them as the
+  # window slides changes nothing: rolling equals exact (keys rotated to their new slots). With
+  # two layers they depend on the frames before them in view, and rolling differs, except at
+  # ar_step 0, where each chunk's frames finish together and enter the cache in the window that
+  # then uses them (the window has already moved on when they are computed clean).
+  config = tiny_config(ar_step=ar_step)
+  prefix = jax.random.normal(jax.random.key(5), (B, prefix_frames, L, C)) if prefix_frames else None
+  outs = {}
+  for depth in (1, 2):
+    config.model.depth = depth
+    model = build_model(config)
+    params = random_params(model)
+    for mode in ("exact", "rolling"):
+      config.sampling.kv_cache_mode = mode
+      sampler = sampling.make_sampler(
+          model, config, num_frames, prefix_frames=prefix_frames, kv_cache=True, max_branches=2,
+          compiler_options=FAST,
+      )
+      assert sampler.plan is not None
+      outs[depth, mode] = np.asarray(sampler(params, keys(), None, prefix))
+  assert_close(outs[1, "rolling"], outs[1, "exact"])
+  if deep_differs:
+    assert np.abs(outs[2, "rolling"] - outs[2, "exact"]).max() > 1e-3
+  else:
+    assert_close(outs[2, "rolling"], outs[2, "exact"])
+
+
+def test_shift_keys_moves_keys_to_another_position():
+  # RoPE composes: a key computed at position p and shifted by m equals it computed at p - m.
+  model, params = tiny_model()
+  x = jax.random.normal(jax.random.key(0), (1, 1, L, C))
+  t = jnp.full((1, 1), 10, jnp.int32)
+  no_prefix = tuple(jnp.zeros((2, 1, 0) + s, jnp.float32) for s in [(2, 16)] * 2)
+
+  def keys_at(p):  # a frame alone (nothing cached before it): its keys at position p
+    _, (k, _) = model.apply(params, x, t, jnp.array([p]), no_prefix, jnp.zeros((0,), bool),
+                            method="decode")
+    return k
+
+  shifted = model.apply(params, keys_at(7), jnp.int32(3), method="shift_keys")
+  np.testing.assert_allclose(shifted, keys_at(4), atol=1e-5)
+  assert np.abs(keys_at(7) - keys_at(4)).max() > 1e-2
+
+
+def test_unknown_kv_cache_mode():
+  model, _ = tiny_model()
+  with pytest.raises(ValueError, match="kv_cache_mode='sliding'"):
+    sampling.make_sampler(model, tiny_config(kv_cache_mode="sliding"), 4)

@@ -294,6 +294,13 @@ class VideoDiT(nn.Module):
     _, kv = self.blocks(h, None, c, cos, sin, mask)
     return kv
 
+  def shift_keys(self, keys, shift):
+    """Cached keys [..., L, H, Dh], rotated at their positions p, rotated to p - shift instead
+    (RoPE's rotations compose): the rolling KV cache moves frames down the window this way."""
+    cos, sin = self._rope(jnp.reshape(-shift, (1,)))
+    flat = keys.reshape((-1,) + keys.shape[-3:])  # [N, L, H, Dh]: any token axis broadcasts
+    return layers.apply_rope(flat, cos, sin).reshape(keys.shape)
+
   def decode(self, x, t, positions, kv_prefix, prefix_valid):
     """The frames x [B, Q, L, C] of a window, at t [B, Q], against cached keys/values.
 
