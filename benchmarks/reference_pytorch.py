@@ -9,7 +9,8 @@ PATH is a checkout of the reference repository (its files, e.g. `git archive HEA
 torch is not a dependency of ardiff and this is not run in CI. Both sides run float32 on the
 CPU, on the same --threads cores (the process's CPU affinity, set before either framework starts
 its thread pool, and torch.set_num_threads), 16 frames x 32 latent tokens x 4 channels of random
-latents, random or initial weights (the cost does not depend on them):
+latents (random weights for sampling, each side's initial ones for training; the cost does not
+depend on them):
 - train step: forward, x0 loss, backward, gradient clipping, AdamW and the EMA update (what each
   side's training runs every step: the reference's diff_train.py with --use_ema and
   --gradient_clip_norm), the mean of --steps steps after one warm-up.
@@ -39,9 +40,12 @@ and off. Compile time is reported apart and is not in the timed numbers.
 The table gives seconds per train step or per video and the throughput ratio ardiff / reference
 (the reference's seconds over ardiff's), with the float32 2048^2 matmul rate of both frameworks
 measured in the same run: machines are shared and noisy, compare ratios, not absolute numbers.
+Run it on a quiet machine: when other processes use the cores, torch's OpenMP threads wait for
+each other at every op and its small ops slow down many times more than XLA's (it warns).
 """
 
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -68,7 +72,7 @@ _THREADS = flags.DEFINE_integer("threads", 2, "CPU cores (and torch threads) bot
 _VIDEOS = flags.DEFINE_list("videos", ["1", "4"], "Videos per sampling batch: one table row each.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps (after one warm-up).")
 _WHAT = flags.DEFINE_list("what", ["train", "sample"], "train and/or sample.")
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny shapes: checks that the script runs (a minute).")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny shapes: checks that the script runs (a minute or two).")
 
 # (hidden size, layers, heads) of the two models; "small" is DiT-S's width at 6 layers,
 # "large" the paper's width (DiT-XL's) at 2 of its 28 layers.
@@ -79,7 +83,7 @@ SAMPLE_CASES = (("small", 0), ("small", 5), ("small", 50), ("large", 50))  # (mo
 CHANNELS = 4
 CONTEXT_TOKENS, CONTEXT_DIM = 77, 768  # fixed by the reference's BaseModel (its context_emb)
 # The reference's training hyperparameters (shell_scripts/stage2_ardiff_scripts/*/train_base_
-# script.sh, diff_train.py's defaults); the same on ardiff's side, though they do not change the cost.
+# script.sh, diff_train.py's defaults); ardiff's side takes the same (they do not change the cost).
 LEARNING_RATE, GRAD_CLIP, WEIGHT_DECAY, EMA_DECAY = 1e-4, 0.1, 1e-4, 0.9999
 # Pip names of the reference's imports where they differ from the module's.
 PIP_NAMES = {"PIL": "pillow", "yaml": "pyyaml"}
@@ -117,7 +121,9 @@ def import_reference(ref_src: str):
     importlib.import_module("accelerate").PartialState()  # its modules log through accelerate
     base = importlib.import_module("src.ardiff.base")
     fifoddim = importlib.import_module("src.ardiff.modules.fifoddim")
+    importlib.import_module("src.ardiff.modules.dit_model")  # BaseModel imports it by name later
     omegaconf = importlib.import_module("omegaconf")
+    logging.getLogger("src").setLevel(logging.WARNING)  # its "NOTE!!!" lines at every model built
   except ModuleNotFoundError as e:
     name = (e.name or "?").split(".")[0]
     sys.exit(f"The reference's code needs the Python package {name!r}, which is not installed:"
@@ -203,6 +209,10 @@ class Reference:
     torch = self.torch
     torch.manual_seed(0)
     model = self.model(size, frames, tokens).eval()
+    with torch.no_grad():  # random weights, as ardiff's side has (not a zero output layer)
+      for p in model.diffusion_model.parameters():
+        if p.requires_grad:  # not the fixed sin-cos positions
+          p.normal_(std=(p.shape[1] if p.dim() > 1 else 50.0) ** -0.5)  # [out, in]: fan_in
     calls = []
     model.diffusion_model.model.register_forward_hook(lambda *_: calls.append(1))
     shape = (videos, frames, tokens, CHANNELS)
@@ -253,10 +263,10 @@ def ardiff_train(config, steps: int) -> tuple[float, float]:
   state = train_state.create_train_state(config, mesh, jax.random.key(0))
   m, b = config.model, config.global_batch_size
   rng = np.random.default_rng(0)
-  batch = {"latents": jnp.asarray(
-      rng.standard_normal((b, config.num_frames, m.tokens_per_frame, m.in_channels)), jnp.float32),
-           "label": jnp.zeros((b,), jnp.int32)}
-  step = jax.jit(lambda s, bt, k: train.train_step(config, model, tx, s, bt, k), donate_argnums=(0,))
+  latents = rng.standard_normal((b, config.num_frames, m.tokens_per_frame, m.in_channels))
+  batch = {"latents": jnp.asarray(latents, jnp.float32), "label": jnp.zeros((b,), jnp.int32)}
+  step = jax.jit(lambda s, bt, k: train.train_step(config, model, tx, s, bt, k),
+                 donate_argnums=(0,))
   start = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = step.lower(state, batch, jax.random.key(1)).compile()
@@ -274,7 +284,8 @@ def random_params(model, config):
   """Weights ~ N(0, 1/fan_in), as benchmarks/sampling (whose flags clash with this module's)."""
   m = config.model
   x = jnp.zeros((1, m.num_frames, m.tokens_per_frame, m.in_channels))
-  abstract = jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros((1, m.num_frames), jnp.int32))
+  t = jnp.zeros((1, m.num_frames), jnp.int32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), x, t)
   leaves, tree = jax.tree.flatten(nn.unbox(abstract)["params"])
   keys = jax.random.split(jax.random.key(1), len(leaves))
   return {"params": tree.unflatten(
@@ -317,6 +328,12 @@ def main(argv):
     sys.exit("--ref_src=PATH (a checkout of iva-mzsun/AR-Diffusion) is required.")
   # Before anything starts a thread pool: jax's backend and torch's pool start on first use.
   threads = restrict_cores(_THREADS.value)
+  load = os.getloadavg()[0]  # of the other processes: this one has not computed anything yet
+  if load > 0.5:
+    # torch's OpenMP threads wait for each other at every op: on busy cores its small ops get
+    # many times slower (100x seen at --quick), XLA's far less. The ratios are then meaningless.
+    print(f"WARNING: load average {load:.1f} before starting: other processes are using the"
+          " cores; run this on a quiet machine.", flush=True)
   ref = Reference(*import_reference(_REF_SRC.value))
   ref.torch.set_num_threads(threads)
   frames, tokens, num_steps, sizes = shapes()
