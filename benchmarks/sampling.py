@@ -1,9 +1,11 @@
 r"""Seconds per video and model evaluations of AD sampling, with and without the KV cache.
 
   python -m benchmarks.sampling [--models=demo,paper] [--paper_depth=2] [--videos=4]
+  python -m benchmarks.sampling --models=demo --cases=16:5,128:5,512:5 --kv=exact,rolling
 
 Cases: 16 frames at ar_step 0, 5 and 50, and 128 frames at ar_step 5 (50 DDIM steps), each with
-kv_cache on and off, for the demo model and the paper's shape (hidden 1152, 16 heads, 16 x 32
+the KV cache off and in the --kv modes (exact: recomputes the view when the window slides;
+rolling: keeps it), for the demo model and the paper's shape (hidden 1152, 16 heads, 16 x 32
 tokens x 4 channels) with --paper_depth layers. Random weights: the cost does not depend on
 them. "frames/call" is the mean number of frames one model call runs (the window without the
 cache). Compile time is reported apart from the run time.
@@ -27,6 +29,7 @@ _MODELS = flags.DEFINE_list("models", ["demo", "paper"], "Which models to time."
 _PAPER_DEPTH = flags.DEFINE_integer("paper_depth", 2, "Layers of the paper-shape model.")
 _VIDEOS = flags.DEFINE_integer("videos", 4, "Videos per batch.")
 _CASES = flags.DEFINE_string("cases", "16:0,16:5,16:50,128:5", "frames:ar_step pairs.")
+_KV = flags.DEFINE_list("kv", ["exact", "off"], "KV cache: off, or a sampling.kv_cache_mode.")
 
 
 def paper_config():
@@ -51,8 +54,9 @@ def random_params(model, config):
 def main(argv):
   del argv
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {_VIDEOS.value} videos per batch")
-  print("| model | frames | ar_step | kv_cache | model calls | frames/call | compile s | s/video |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| model | frames | ar_step | kv_cache | model calls | frames/call | compile s | s/video |"
+        " ms/frame |")
+  print("|---|---|---|---|---|---|---|---|---|")
   builders = {"demo": demo.get_config, "paper": paper_config}
   for name in _MODELS.value:
     config = builders[name]()
@@ -61,9 +65,10 @@ def main(argv):
     params = random_params(model, config)
     for case in _CASES.value.split(","):
       frames, ar_step = (int(v) for v in case.split(":"))
-      for cache in (True, False):
+      for mode in _KV.value:
         config.sampling.ar_step = ar_step
-        config.sampling.kv_cache = cache
+        config.sampling.kv_cache = mode != "off"
+        config.sampling.kv_cache_mode = "exact" if mode == "off" else mode
         sampler = sampling.make_sampler(model, config, num_frames=frames)
         keys = jax.random.split(jax.random.key(0), _VIDEOS.value)
         t0 = time.perf_counter()
@@ -71,9 +76,9 @@ def main(argv):
         t1 = time.perf_counter()
         jax.block_until_ready(compiled(params, keys, None, None))
         dt = (time.perf_counter() - t1) / _VIDEOS.value
-        print(f"| {name} | {frames} | {ar_step} | {'on' if cache else 'off'} |"
+        print(f"| {name} | {frames} | {ar_step} | {mode} |"
               f" {sampler.num_model_calls} | {sampler.frames_per_call.mean():.1f} |"
-              f" {t1 - t0:.1f} | {dt:.2f} |", flush=True)
+              f" {t1 - t0:.1f} | {dt:.2f} | {1000 * dt / frames:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
