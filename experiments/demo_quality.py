@@ -37,6 +37,7 @@ from ardiff import checkpoint
 from ardiff import generate
 from ardiff import video_io
 from ardiff.evaluation import fvd
+from ardiff.evaluation import metrics
 from ardiff.evaluation import run as evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo's config.")
@@ -46,18 +47,7 @@ _LONG_VIDEOS = flags.DEFINE_integer("long_videos", 16, "128-frame rollouts.")
 _MODES = flags.DEFINE_list("kv_cache_modes", ["exact"], "KV-cache modes to score FVD48 with.")
 _OUT = flags.DEFINE_string("out", "docs", "Where the JSON and the pictures go.")
 
-LONG_FRAMES, LONG_PREFIX, EDGE = 128, 4, 8
-
-
-def object_mass(videos: np.ndarray) -> np.ndarray:
-  """float [N, F]: per frame, the sum over pixels of the brightest channel (in [0, 1])."""
-  return videos.max(axis=-1).astype(np.float64).sum(axis=(2, 3)) / 255.0
-
-
-def persistence(videos: np.ndarray, first: int = 0) -> float:
-  """Mean object mass of the last EDGE frames over that of EDGE frames from `first`."""
-  mass = object_mass(videos)
-  return float(mass[:, -EDGE:].mean() / max(mass[:, first:first + EDGE].mean(), 1e-9))
+LONG_FRAMES, LONG_PREFIX = 128, 4
 
 
 def strip(videos: np.ndarray, columns: int, rows: int = 8) -> np.ndarray:
@@ -92,7 +82,7 @@ def main(argv):
   other.eval.seed = config.eval.seed + 1
   f_other = evaluation.real_features(other, n, frames)
   results["fvd_real_vs_real"] = fvd.fvd_from_features(f_real, f_other)
-  results["persistence_real"] = persistence(real)
+  results["persistence_real"] = metrics.persistence(real)
 
   for mode in _MODES.value:
     t0 = time.perf_counter()
@@ -100,7 +90,7 @@ def main(argv):
     seconds = time.perf_counter() - t0
     f_fake = fvd.i3d_features(fake, batch_size=config.eval.batch_size)
     results[f"fvd_{mode}"] = fvd.fvd_from_features(f_real, f_fake)
-    results[f"persistence_{mode}"] = persistence(fake)
+    results[f"persistence_{mode}"] = metrics.persistence(fake)
     results[f"sampling_s_{mode}"] = seconds
     if mode == _MODES.value[0]:
       results["fvd"], results["persistence"] = results[f"fvd_{mode}"], results[f"persistence_{mode}"]
@@ -111,7 +101,7 @@ def main(argv):
     c = with_sampling(config, num_frames=LONG_FRAMES, ar_step=config.sampling.num_steps,
                       prefix_frames=LONG_PREFIX)
     long = generate.generate(c, params, _LONG_VIDEOS.value)
-    results["long_persistence"] = persistence(long, first=LONG_PREFIX)
+    results["long_persistence"] = metrics.persistence(long, first=LONG_PREFIX)
     results["long_frames"], results["long_prefix"] = LONG_FRAMES, LONG_PREFIX
     iio.imwrite(os.path.join(_OUT.value, "demo_long.png"), strip(long, 16))
 

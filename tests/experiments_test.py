@@ -5,10 +5,12 @@ import json
 import os
 
 from absl.testing import flagsaver
+import numpy as np
 import pytest
 
 from ardiff import timesteps
 from ardiff import train
+from ardiff.evaluation import metrics
 from experiments import compare_samplers
 from experiments import compare_samplers_config
 
@@ -111,3 +113,21 @@ def test_tables_show_mixed_steps_and_skip_unreadable_results(tmp_path):
   with open(compare_samplers.write_tables(workdir)) as f:
     lines = f.read().splitlines()
   assert lines[4:] == ["| fopp | 5.0 | 5.0 |  |  | 750/1500 |"]
+
+
+def test_persistence_fails_a_fading_video():
+  # The demo's persistence figure: last 8 frames' object mass over the first 8's. Real
+  # bouncing digits keep their mass; a video whose digit fades out, or dissolves into a few
+  # dim pixels, scores far below.
+  rng = np.random.default_rng(0)
+  frames = 48
+  video = np.zeros((2, frames, 32, 32, 3), np.uint8)
+  for t in range(frames):
+    video[:, t, 8 + t % 8 : 20 + t % 8, 10:22] = 200  # a bright square that moves
+  fade = video.astype(np.float32) * np.linspace(1, 0.1, frames)[None, :, None, None, None]
+  dissolve = video.copy()
+  dissolve[:, 24:] = (rng.random(dissolve[:, 24:].shape) < 0.02) * 60
+  assert metrics.persistence(video) == pytest.approx(1.0)
+  assert metrics.persistence(fade.astype(np.uint8)) < 0.3
+  assert metrics.persistence(dissolve) < 0.3
+  assert metrics.persistence(video, first=4) == pytest.approx(1.0)

@@ -1,8 +1,10 @@
-"""Frame-wise similarity of predicted videos to the true continuation: PSNR, SSIM, LPIPS.
+"""Frame-wise similarity of predicted videos to the true continuation: PSNR, SSIM, LPIPS; and
+the persistence of the objects of a video.
 
-Each takes two uint8 arrays [N, F, H, W, 3] of the same shape, scores every frame pair, and
-returns the mean over the F frames of each video: float64 [N]. Work is done in chunks of
-`batch_size` videos, the last one zero-padded, so each jitted function compiles once per shape.
+Each similarity takes two uint8 arrays [N, F, H, W, 3] of the same shape, scores every frame
+pair, and returns the mean over the F frames of each video: float64 [N]. Work is done in chunks
+of `batch_size` videos, the last one zero-padded, so each jitted function compiles once per
+shape.
 """
 
 import functools
@@ -131,3 +133,20 @@ def lpips(a, b, *, net: str = "alexnet", batch_size: int = 16) -> np.ndarray:
     raise ValueError(f"LPIPS needs frames of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, "
                      f"got {h}x{w}.")
   return _per_video(_load_lpips(net), a, b, batch_size)
+
+
+def object_mass(videos: np.ndarray) -> np.ndarray:
+  """float64 [N, F]: per frame, the sum over pixels of the brightest channel (in [0, 1]): how
+  much of a dark-background frame its objects light up."""
+  return videos.max(axis=-1).astype(np.float64).sum(axis=(2, 3)) / 255.0
+
+
+def persistence(videos: np.ndarray, first: int = 0, edge: int = 8) -> float:
+  """Mean object mass of the last `edge` frames over that of `edge` frames from `first`.
+
+  Objects that stay in view keep it near 1 (the real clips' value is the yardstick); a video
+  whose objects fade or dissolve scores well below.
+  """
+  mass = object_mass(videos)
+  return float(mass[:, -edge:].mean() / max(mass[:, first:first + edge].mean(), 1e-9))
+
