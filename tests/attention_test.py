@@ -1,6 +1,7 @@
-"""Attention's implementations (config.model.attention_impl) against XLA's: every one this
-machine can run. On CPU that is the splash kernel in Pallas' interpreter (the TPU kernel's own
-code and its block mask); cuDNN where a GPU is present."""
+"""Attention's implementations (config.model.attention_impl) against XLA's plain attention
+(jax.nn.dot_product_attention over the whole square): every one this machine can run. On CPU
+that is "xla" itself with a static mask (by query chunks) and the splash kernel in Pallas'
+interpreter (the TPU kernel's own code and its block mask); cuDNN where a GPU is present."""
 
 import flax.linen as nn
 import jax
@@ -14,7 +15,7 @@ from configs import tiny
 
 
 def available() -> list[str]:
-  impls = ["splash", "auto"]
+  impls = ["xla", "splash", "auto"]
   if jax.default_backend() == "gpu":
     impls.append("cudnn")
   return impls
@@ -36,23 +37,24 @@ def test_attention_and_its_gradients_equal_xla(impl):
   q, k, v = (jax.random.normal(jax.random.key(i), (b, s, h, dh), dtype) for i in range(3))
   resolved = attention.resolve(impl, dtype, dh)
 
-  def loss(q, k, v, which, static):
-    out = attention.attend(q, k, v, jnp.asarray(mask), which, static)
+  def loss(q, k, v, which):
+    if which is None:
+      out = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(mask)[None, None])
+    else:
+      out = attention.attend(q, k, v, jnp.asarray(mask), which, mask)
     return jnp.sum(out.astype(jnp.float32) * jnp.arange(s)[None, :, None, None]), out
 
-  (_, ref), g_ref = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, "xla", None)
-  (_, out), g = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
-      q, k, v, resolved, mask
-  )
+  (_, ref), g_ref = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, None)
+  (_, out), g = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, resolved)
   close(out, ref, dtype)
   for a, r in zip(g, g_ref):
     close(a, r, dtype)
 
 
 @pytest.mark.parametrize("impl", available())
-def test_the_model_on_a_mesh_equals_xla(impl):
+def test_the_model_on_a_mesh_equals_xla(impl, monkeypatch):
   # The whole DiT, sharded over 8 devices (the splash kernel runs per device in shard_map), its
-  # output and its gradients; the KV cache's decode calls fall back to xla.
+  # output and its gradients, against XLA's attention over the whole square (one query chunk).
   c = tiny.get_config()
   c.model.num_classes = 3
   c.mesh.shape = (4, 1, 2)
@@ -75,7 +77,10 @@ def test_the_model_on_a_mesh_equals_xla(impl):
       loss = lambda v: jnp.mean(jnp.square(model.apply(v, x, t, labels)))
       return jax.jit(jax.value_and_grad(loss))(variables)
 
-  (ref, g_ref), (out, g) = run("xla"), run(impl)
+  with monkeypatch.context() as m:
+    m.setattr(attention, "XLA_QUERY_CHUNKS", 1)
+    ref, g_ref = run("xla")
+  out, g = run(impl)
   np.testing.assert_allclose(out, ref, rtol=1e-5)
   # Per parameter, relative to its gradient's norm (the kernels sum in another order; a wrong
   # mask or layout is off by order 1).
