@@ -454,13 +454,14 @@ def _cached_call(size, model, step, window, context_kv, x, cache, row):
   slots = frames - window_start  # in the window
   x_q = x[:, clamped]  # [B, Q, L, C]
   if step.spec.kv_cache_mode == "rolling":
-    # The window moved by `shift` frames (0: nothing happens): the cached frames move down as
-    # many slots (those that left the window drop out) and their keys are rotated to their new
-    # positions in the window, so that positions stay window-relative as in training (the
-    # conditioning tokens just before the window). Their keys and values themselves stay as an
-    # earlier window computed them: that is the approximation.
-    keys, values = (jnp.roll(c, -row["shift"], axis=2) for c in cache)
-    cache = (model.shift_keys(keys, row["shift"]), values)
+    # Where the window moved by `shift` frames, the cached frames move down as many slots (those
+    # that left the window drop out) and their keys are rotated to their new positions, so that
+    # positions stay window-relative as in training (the conditioning tokens just before the
+    # window). Their keys and values themselves stay as an earlier window computed them: that
+    # is the approximation.
+    cache = jax.lax.cond(
+        row["shift"] > 0, functools.partial(_roll_cache, model, row["shift"]), lambda c: c, cache
+    )
   positions = slots
 
   kv_prefix = tuple(
@@ -483,6 +484,13 @@ def _cached_call(size, model, step, window, context_kv, x, cache, row):
   slots = jnp.where(valid & (prev == step.spec.num_steps), slots, window)
   cache = tuple(_store_frames(cached, kv, slots) for cached, kv in zip(cache, query_kv))
   return x, cache
+
+
+def _roll_cache(model, shift, cache):
+  """The rolling cache after the window moved by `shift` frames: slots moved down, keys rotated
+  to their new positions (only run when the window moved: most calls keep it in place)."""
+  keys, values = (jnp.roll(c, -shift, axis=2) for c in cache)
+  return model.shift_keys(keys, shift), values
 
 
 def _flatten_frames(kv: jax.Array) -> jax.Array:
