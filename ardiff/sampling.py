@@ -429,21 +429,42 @@ def _sample_cached(model, step, schedule, plan, window, x):
   )
   # One compiled branch per padded query size; the plan says which serves each call.
   branches = [
-      functools.partial(_cached_call, size, model, step, window, context_kv)
+      functools.partial(_cached_call, size, max(plan.sizes), model, step, window, context_kv)
       for size in plan.sizes
   ]
-  call = functools.partial(_switch_branch, branches)
+  call = functools.partial(_switch_branch, model, step.spec.kv_cache_mode, window, branches)
   (x, _), _ = jax.lax.scan(call, (x, cache), rows)
   return x
 
 
-def _switch_branch(branches, carry, row):
-  """The scan body of the cached path: the branch of the call's padded query size."""
-  return jax.lax.switch(row["branch"], branches, *carry, row), None
+def _switch_branch(model, kv_cache_mode, window, branches, carry, row):
+  """The scan body of the cached path: the branch of the call's padded query size computes the
+  query frames; the video and the cache are updated here, outside the branches, so that XLA
+  updates them in place (a branch that returned them would copy them at every call)."""
+  x, cache = carry
+  if kv_cache_mode == "rolling":
+    # Where the window moved by `shift` frames, the cached frames move down as many slots (those
+    # that left the window drop out) and their keys are rotated to their new positions, so that
+    # positions stay window-relative as in training (the conditioning tokens just before the
+    # window). Their keys and values themselves stay as an earlier window computed them: that
+    # is the approximation.
+    cache = jax.lax.cond(
+        row["shift"] > 0, functools.partial(_roll_cache, model, row["shift"]), lambda c: c, cache
+    )
+  x_q, targets, query_kv, slots = jax.lax.switch(row["branch"], branches, x, cache, row)
+  x = x.at[:, targets].set(x_q, mode="drop")
+  # Frames finished at the start of the call were computed clean at t = 0: cache them.
+  cache = tuple(_store_frames(cached, kv, slots) for cached, kv in zip(cache, query_kv))
+  return (x, cache), None
 
 
-def _cached_call(size, model, step, window, context_kv, x, cache, row):
-  """One call on `size` query frames from query_start; those past query_end are padding."""
+def _cached_call(size, max_size, model, step, window, context_kv, x, cache, row):
+  """One call on `size` query frames from query_start; those past query_end are padding.
+
+  Returns the query frames after the call [B, max_size, L, C] and the frames they go to
+  (num_frames: dropped), and their keys/values [depth, B', max_size * L, H, Dh] and the cache
+  slots they go to (window: not stored), padded to max_size frames for every branch alike.
+  """
   num_frames, tokens_per_frame = x.shape[1:3]
   window_start = row["window_start"]
   frames = row["query_start"] + jnp.arange(size)  # [Q]
@@ -453,15 +474,6 @@ def _cached_call(size, model, step, window, context_kv, x, cache, row):
   new = jnp.where(valid, row["new"][clamped], prev)  # padding frames do not move
   slots = frames - window_start  # in the window
   x_q = x[:, clamped]  # [B, Q, L, C]
-  if step.spec.kv_cache_mode == "rolling":
-    # Where the window moved by `shift` frames, the cached frames move down as many slots (those
-    # that left the window drop out) and their keys are rotated to their new positions, so that
-    # positions stay window-relative as in training (the conditioning tokens just before the
-    # window). Their keys and values themselves stay as an earlier window computed them: that
-    # is the approximation.
-    cache = jax.lax.cond(
-        row["shift"] > 0, functools.partial(_roll_cache, model, row["shift"]), lambda c: c, cache
-    )
   positions = slots
 
   kv_prefix = tuple(
@@ -479,11 +491,21 @@ def _cached_call(size, model, step, window, context_kv, x, cache, row):
   if noise is not None:
     noise = noise[:, jnp.clip(slots, 0, window - 1)]
   x_q = step(x_q, out, prev, new, noise)
-  x = x.at[:, jnp.where(valid, frames, num_frames)].set(x_q, mode="drop")
-  # Frames finished at the start of the call were computed clean at t = 0: cache them.
+  targets = jnp.where(valid, frames, num_frames)
+  # Frames finished at the start of the call were computed clean at t = 0: they enter the cache.
   slots = jnp.where(valid & (prev == step.spec.num_steps), slots, window)
-  cache = tuple(_store_frames(cached, kv, slots) for cached, kv in zip(cache, query_kv))
-  return x, cache
+  x_q = _pad_axis(x_q, 1, max_size)
+  query_kv = tuple(_pad_axis(kv, 2, max_size * tokens_per_frame) for kv in query_kv)
+  targets = _pad_axis(targets, 0, max_size, num_frames)
+  slots = _pad_axis(slots, 0, max_size, window)
+  return x_q, targets, query_kv, slots
+
+
+def _pad_axis(a: jax.Array, axis: int, length: int, value=0) -> jax.Array:
+  """a padded with `value` at the end of `axis` up to `length`."""
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (0, length - a.shape[axis])
+  return jnp.pad(a, widths, constant_values=value)
 
 
 def _roll_cache(model, shift, cache):
