@@ -72,6 +72,10 @@ _THREADS = flags.DEFINE_integer("threads", 2, "CPU cores (and torch threads) bot
 _VIDEOS = flags.DEFINE_list("videos", ["1", "4"], "Videos per sampling batch: one table row each.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps (after one warm-up).")
 _WHAT = flags.DEFINE_list("what", ["train", "sample"], "train and/or sample.")
+_REMAT = flags.DEFINE_string(
+    "ardiff_remat_policy", None,
+    "Train ardiff's step with model.remat and this policy (e.g. dots_with_no_batch_dims_saveable:"
+    " on a CPU, recomputing attention costs less than storing it); default: no remat.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny shapes: checks that the script runs (a minute or two).")
 
 # (hidden size, layers, heads) of the two models; "small" is DiT-S's width at 6 layers,
@@ -250,6 +254,8 @@ def ardiff_config(size, frames: int, tokens: int, batch: int, num_steps: int):
   m.tokens_per_frame, m.in_channels = tokens, CHANNELS
   m.hidden_size, m.depth, m.num_heads = size
   m.dtype = "float32"
+  if _REMAT.value:
+    m.remat, m.remat_policy = True, _REMAT.value
   c.optimizer.weight_decay = WEIGHT_DECAY
   c.optimizer.ema_decay = EMA_DECAY
   c.sampling.num_steps = num_steps
@@ -357,7 +363,9 @@ def main(argv):
       ref_s = ref.time_train(size, batch, frames, tokens, _STEPS.value)
       config = ardiff_config(size, frames, tokens, batch, num_steps)
       compile_s, ardiff_s = ardiff_train(config, _STEPS.value)
-      row(f"train step, hidden {size[0]}, {size[1]} layers, {size[2]} heads, batch {batch}", "-",
+      remat = f", ardiff remat {_REMAT.value}" if _REMAT.value else ""
+      row(f"train step, hidden {size[0]}, {size[1]} layers, {size[2]} heads, batch {batch}{remat}",
+          "-",
           ref_s, ardiff_s, compile_s)
   if "sample" in _WHAT.value:
     for videos in (int(v) for v in _VIDEOS.value):
