@@ -151,8 +151,8 @@ def get_default_config() -> mc.ConfigDict:
   c.sampling.guidance_scale = 1.0
   c.sampling.kv_cache = True
   # exact: when the window slides, the finished frames in view are recomputed (samples equal the
-  # uncached path's). rolling: their keys/values are kept, positions counted over the whole
-  # video (constant cost per frame on long videos; an approximation, measured in docs/).
+  # uncached path's). rolling: their keys/values are kept, moved to their new slots (constant
+  # cost per frame on long videos; an approximation, measured in docs/demo.md).
   c.sampling.kv_cache_mode = "exact"
   c.sampling.use_ema = True
   c.sampling.num_videos = 8

@@ -47,8 +47,8 @@ from ardiff import timesteps
 TIMESTEP_GRIDS = ("ardiff", "reference")
 # config.sampling.kv_cache_mode: "exact" recomputes the finished frames in view when the window
 # moves (the samples equal the uncached path's); "rolling" keeps their keys and values, computed
-# in earlier windows, with RoPE positions counted over the whole video (constant cost per frame
-# on long videos, an approximation).
+# in earlier windows, moved to their new slots (constant cost per frame on long videos, an
+# approximation; module docstring).
 KV_CACHE_MODES = ("exact", "rolling")
 
 
@@ -432,12 +432,12 @@ def _sample_cached(model, step, schedule, plan, window, x):
       functools.partial(_cached_call, size, max(plan.sizes), model, step, window, context_kv)
       for size in plan.sizes
   ]
-  call = functools.partial(_switch_branch, model, step.spec.kv_cache_mode, window, branches)
+  call = functools.partial(_switch_branch, model, step.spec.kv_cache_mode, branches)
   (x, _), _ = jax.lax.scan(call, (x, cache), rows)
   return x
 
 
-def _switch_branch(model, kv_cache_mode, window, branches, carry, row):
+def _switch_branch(model, kv_cache_mode, branches, carry, row):
   """The scan body of the cached path: the branch of the call's padded query size computes the
   query frames; the video and the cache are updated here, outside the branches, so that XLA
   updates them in place (a branch that returned them would copy them at every call)."""
@@ -453,7 +453,6 @@ def _switch_branch(model, kv_cache_mode, window, branches, carry, row):
     )
   x_q, targets, query_kv, slots = jax.lax.switch(row["branch"], branches, x, cache, row)
   x = x.at[:, targets].set(x_q, mode="drop")
-  # Frames finished at the start of the call were computed clean at t = 0: cache them.
   cache = tuple(_store_frames(cached, kv, slots) for cached, kv in zip(cache, query_kv))
   return (x, cache), None
 
@@ -472,9 +471,8 @@ def _cached_call(size, max_size, model, step, window, context_kv, x, cache, row)
   clamped = jnp.minimum(frames, num_frames - 1)
   prev = row["prev"][clamped]
   new = jnp.where(valid, row["new"][clamped], prev)  # padding frames do not move
-  slots = frames - window_start  # in the window
+  slots = frames - window_start  # in the window: also the frames' RoPE positions
   x_q = x[:, clamped]  # [B, Q, L, C]
-  positions = slots
 
   kv_prefix = tuple(
       jnp.concatenate([ctx, _flatten_frames(cached)], axis=2)
@@ -484,7 +482,7 @@ def _cached_call(size, max_size, model, step, window, context_kv, x, cache, row)
   prefix_valid = jnp.concatenate(
       [jnp.ones(context_kv[0].shape[2], bool), slot_frame < row["num_cached"]]
   )
-  out, query_kv = model.decode(*step.model_inputs(x_q, prev, new), positions, kv_prefix,
+  out, query_kv = model.decode(*step.model_inputs(x_q, prev, new), slots, kv_prefix,
                                prefix_valid)
 
   noise = step.noise(row["call"])
