@@ -2,7 +2,8 @@
 
 config.model.attention_impl:
 - "xla": jax.nn.dot_product_attention's XLA path (logits and probabilities materialised). Runs
-  everywhere; the reference for the others.
+  everywhere. Where the mask is static the queries go in chunks, each against only the keys it
+  may see, so the blocks above the frame-causal diagonal are not computed.
 - "cudnn": cuDNN's fused flash attention through jax.nn.dot_product_attention, GPU only, in
   bfloat16 or float16, head size a multiple of 8 up to 128. The frame-causal mask is not one of
   cuDNN's built-in masks, so it goes in as a mask tensor (still fused: no logits in HBM).
