@@ -18,6 +18,13 @@ def grid(videos: np.ndarray, columns: int | None = None, pad: int = 1) -> np.nda
   return out
 
 
+def frame_strip(videos: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 [N, F, H, W, 3] -> a still picture [N * H, columns * W, 3], one row per video of
+  `columns` evenly spaced frames, and the indices of those frames."""
+  cols = np.linspace(0, videos.shape[1] - 1, columns).round().astype(int)
+  return np.concatenate([np.concatenate(list(v[cols]), axis=1) for v in videos], axis=0), cols
+
+
 def upscale(video: np.ndarray, factor: int) -> np.ndarray:
   """Nearest-neighbour enlargement of [..., H, W, 3] (small frames are hard to see)."""
   if factor <= 1:

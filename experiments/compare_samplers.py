@@ -243,8 +243,7 @@ def sample_figure(workdir: str, dataset: str, samplers, videos_per_sampler: int 
     config = eval_config(run_config(dataset, sampler), name)
     params, _ = trained_params(config, os.path.join(workdir, dataset, sampler))
     videos = generate.generate(config, params, videos_per_sampler, progress=False)  # [N, F, H, W, 3]
-    cols = np.linspace(0, videos.shape[1] - 1, 12).round().astype(int)
-    strip = np.concatenate([np.concatenate(list(v[cols]), axis=1) for v in videos], axis=0)
+    strip, cols = video_io.frame_strip(videos, 12)
     rows.append((sampler, video_io.upscale(strip, 2)))
   margin, gap = 130, 4
   width = margin + rows[0][1].shape[1]

@@ -33,9 +33,8 @@ def reconstructions(workdir: str, num_clips: int) -> np.ndarray:
   c.num_frames, c.latents.autoencoder_workdir = 16, None
   clips, _ = pipeline.load_clips(c, "test", num_clips, seed=0)
   rec = autoencoder_state.reconstruct(workdir, clips)
-  cols = np.linspace(0, clips.shape[1] - 1, 8).astype(int)
-  rows = [np.concatenate(list(v[cols]), axis=1) for pair in zip(clips, rec) for v in pair]
-  return video_io.upscale(np.concatenate(rows, axis=0)[None], 3)[0]
+  interleaved = np.stack([clips, rec], axis=1).reshape((-1,) + clips.shape[1:])
+  return video_io.upscale(video_io.frame_strip(interleaved, 8)[0], 3)
 
 
 def main(argv):
