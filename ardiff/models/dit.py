@@ -91,7 +91,8 @@ class Block(nn.Module):
     n is Nc, or 0 where a pass runs frames only (decode). c [B, 1 + F, D]: the conditioning
     vectors of the context (its row unused when n = 0) and of each frame. kv_prefix: (k, v)
     [B, P, H, Dh] of P earlier tokens (the KV cache), or None (P = 0); cos, sin [S, Dh / 2];
-    mask bool [S, P + S]. Returns x and the own (k, v) [B, S, H, Dh] in `dtype` (keys
+    mask bool [S, P + S], or None for a full pass without cached keys (the window or the
+    context alone), whose frame-causal mask the block derives from the shapes. Returns x and the own (k, v) [B, S, H, Dh] in `dtype` (keys
     rotated); where nothing reads them (training) XLA drops them from the scan.
     """
     l = self.tokens_per_frame
@@ -99,10 +100,10 @@ class Block(nn.Module):
     mod = per_token(self.adaLN(nn.silu(c)), n, l)  # [B, S, 6D]
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     h = layers.modulate(layers.layer_norm(x), shift_a, scale_a)
-    # Without cached keys the mask is the window's (or the context's): static, from the shapes.
-    static = None if kv_prefix is not None else attention_mask(
-        n, c.shape[1] - 1, l, self.context_attends_video
-    )
+    static = None
+    if mask is None:  # a full pass (window or context): its mask follows from the shapes
+      static = attention_mask(n, c.shape[1] - 1, l, self.context_attends_video)
+      mask = jnp.asarray(static)
     h, kv = self.attn(h, cos, sin, mask, kv_prefix, return_kv=True, static_mask=static)
     x = x + gate_a * h  # float32: the updates are rounded, the stream is not
     h = layers.modulate(layers.layer_norm(x), shift_m, scale_m)
@@ -270,8 +271,7 @@ class VideoDiT(nn.Module):
     cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + F, D]
 
     cos, sin = self._rope(jnp.asarray(token_positions(nc, f, l)))
-    mask = jnp.asarray(attention_mask(nc, f, l, self.context_attends_video))
-    seq, _ = self.blocks(seq, None, cond, cos, sin, mask)  # [B, S, D]
+    seq, _ = self.blocks(seq, None, cond, cos, sin, None)  # [B, S, D]; the blocks make the mask
 
     shift, scale = jnp.split(per_token(self.final_adaLN(nn.silu(cond)), nc, l), 2, axis=-1)
     seq = layers.modulate(layers.layer_norm(seq), shift, scale)
@@ -290,8 +290,7 @@ class VideoDiT(nn.Module):
     h = self._context_tokens(labels, batch_size)
     c = self._context_conditioning(batch_size)
     cos, sin = self._rope(jnp.full((nc,), CONTEXT_POSITION, jnp.int32))
-    mask = jnp.ones((nc, nc), bool)
-    _, kv = self.blocks(h, None, c, cos, sin, mask)
+    _, kv = self.blocks(h, None, c, cos, sin, None)  # context only: every token sees every one
     return kv
 
   def shift_keys(self, keys, shift):
