@@ -42,6 +42,10 @@ def get_default_config() -> mc.ConfigDict:
   c.optimizer = mc.ConfigDict()
   c.optimizer.learning_rate = 2e-4
   c.optimizer.warmup_steps = 0
+  # After the warm-up: "constant" (the paper's) or "cosine" (decays to final_lr_fraction times
+  # learning_rate at num_train_steps).
+  c.optimizer.schedule = "constant"
+  c.optimizer.final_lr_fraction = 0.0
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8

@@ -18,9 +18,18 @@ from ardiff.models import build_model
 
 
 def lr_schedule(config) -> optax.Schedule:
-  """Constant learning rate (the paper's), after an optional linear warm-up."""
+  """The learning rate by step: an optional linear warm-up, then constant (the paper's) or a
+  cosine decay to optimizer.final_lr_fraction of it at num_train_steps (short runs such as the
+  demo end sharper when the rate falls at the end)."""
   o = config.optimizer
-  lr = optax.constant_schedule(o.learning_rate)
+  if o.schedule == "constant":
+    lr = optax.constant_schedule(o.learning_rate)
+  elif o.schedule == "cosine":
+    lr = optax.cosine_decay_schedule(
+        o.learning_rate, max(config.num_train_steps - o.warmup_steps, 1), alpha=o.final_lr_fraction
+    )
+  else:
+    raise ValueError(f"Unknown optimizer.schedule {o.schedule!r}: use 'constant' or 'cosine'.")
   if o.warmup_steps:
     lr = optax.join_schedules(
         [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps), lr], [o.warmup_steps]

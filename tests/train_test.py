@@ -220,3 +220,21 @@ def test_config_errors_say_what_to_change(make_config):
     train.check_config(taichi.get_config())
   with pytest.raises(NotImplementedError, match=r"(?s)taichi.*python -m ardiff.data.build"):
     train_autoencoder.check_config(make_config("taichi_vae"))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_schedule(schedule, make_config):
+  config = make_config()
+  config.num_train_steps, config.optimizer.learning_rate = 1100, 1e-3
+  config.optimizer.warmup_steps, config.optimizer.schedule = 100, schedule
+  config.optimizer.final_lr_fraction = 0.1
+  lr = train_state.lr_schedule(config)
+  np.testing.assert_allclose([lr(0), lr(50), lr(100)], [0.0, 5e-4, 1e-3], rtol=1e-6)
+  if schedule == "constant":
+    np.testing.assert_allclose([lr(600), lr(1100)], [1e-3, 1e-3], rtol=1e-6)
+  else:  # 1e-3 * (0.1 + 0.9 * (1 + cos(pi * s / 1000)) / 2) after the warm-up
+    want = [1e-3 * (0.1 + 0.45 * (1 + np.cos(np.pi * s / 1000))) for s in (250, 500, 1000)]
+    np.testing.assert_allclose([lr(350), lr(600), lr(1100)], want, rtol=1e-5)
+  config.optimizer.schedule = "linear"
+  with pytest.raises(ValueError, match="'constant' or 'cosine'"):
+    train_state.lr_schedule(config)
