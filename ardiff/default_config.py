@@ -166,6 +166,12 @@ def get_default_config() -> mc.ConfigDict:
   # Video prediction: the first prefix_frames frames of real clips from prefix_split are given.
   c.sampling.prefix_frames = 0
   c.sampling.prefix_split = "test"
+  # --mode=sample streams frames to disk as they leave the window (ardiff/generate.py): how far
+  # the window moves per compiled segment of calls (None: a window's length; the buffer on the
+  # device holds the window plus this many frames), and the longest videos also written as GIFs
+  # (a GIF holds every frame in memory; the mp4 files and samples.npy take any length).
+  c.sampling.stream_segment_frames = mc.config_dict.placeholder(int)
+  c.sampling.gif_max_frames = 256
 
   c.eval = mc.ConfigDict()
   c.eval.num_videos = 2048

@@ -28,6 +28,14 @@ positions (RoPE composes, so positions stay window-relative as in training), and
 not yet cached are computed. Their keys and values stay those of the window that computed them
 (which saw frames that have since left the view): an approximation, exact for a one-layer model,
 that makes the cost per frame of a long video that of a video within the window.
+
+Streaming (Sampler.stream, --mode=sample): Sampler.__call__ runs the whole schedule as one
+program on the whole video. stream runs the same calls in segments (sampling_plan.
+stream_segments) on a buffer of the window plus a few frames that moves along the video, and
+yields the frames that left the window for good after each segment: the same videos, with
+device memory for the buffer and the cache whatever the length. A frame's initial noise is a
+function of its video's key and its index (initial_noise), so a buffer can draw it when the
+frame enters.
 """
 
 import dataclasses
@@ -36,6 +44,7 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -92,9 +101,35 @@ class Sampler:
   plan: sampling_plan.CachePlan | None  # None: no KV cache, every call runs the whole window
   window: int
   guided: bool  # two passes (conditional, null label) per call when labels are given
+  init: Callable[..., Any]  # Sampler.stream's programs (_init_buffer, _run_segment), jitted
+  segment: Callable[..., Any]
 
   def __call__(self, params, rngs, labels=None, prefix=None) -> jax.Array:
     return self.fn(params, rngs, labels, prefix)
+
+  def stream(self, params, rngs, labels=None, prefix=None, segment_frames: int | None = None):
+    """The same videos as __call__, yielded as they finish: (first_frame, frames), frames a
+    float32 numpy array [B, n, L, C] holding frames first_frame to first_frame + n - 1 of each
+    video (every process gets all videos), in order.
+
+    The calls run in segments (sampling_plan.stream_segments) over a buffer of the window plus
+    segment_frames (default: the window) frames, so that a video of any length needs device
+    memory for the buffer and the cache, not for the whole video; after each segment the
+    frames that left the window for good are yielded. Two programs compile (the segments and a
+    shorter last one) whatever the length.
+    """
+    plan = sampling_plan.stream_segments(self.schedule, self.window,
+                                         segment_frames or self.window)
+    carry = self.init(params, rngs, labels, plan.buffer_frames, prefix)
+    offset = 0
+    for begin, end, start in zip(plan.begins, plan.ends, plan.offsets):
+      rows = sampling_plan.segment_rows(self.schedule, self.plan, begin, end, start,
+                                        plan.buffer_frames)
+      if start > offset:  # the frames before the window, finished in the last segment
+        yield offset, _to_host(carry[0])[:, : start - offset]
+      carry = self.segment(params, rngs, labels, carry, rows, start - offset, start)
+      offset = start
+    yield offset, _to_host(carry[0])[:, : self.schedule.steps.shape[1] - offset]
 
   def num_model_calls_for(self, labels_given: bool) -> int:
     """Model evaluations per video: two per call when guided and labels are given, else one
@@ -112,6 +147,13 @@ class Sampler:
     if self.plan is None:
       return np.full(self.schedule.num_calls, self.window)
     return self.plan.computed_frames
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly sharded across processes) array as numpy, whole, in every process."""
+  if not x.is_fully_addressable:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x)
 
 
 def make_sampler(
@@ -204,9 +246,18 @@ def sample(
   return sampler(params, jax.random.split(rng, num_videos), labels, prefix)
 
 
-def initial_noise(rngs: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """The noise a video starts from, [B, *shape]: a function of its own key alone."""
-  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(rngs)
+def initial_noise(rngs: jax.Array, shape: tuple[int, ...], first_frame=0) -> jax.Array:
+  """The noise a video starts from, [B, *shape] with shape = (frames, L, C): frames
+  first_frame, first_frame + 1, ... of each video. A frame's noise is a function of its video's
+  key and its index alone (not of the video's length), so a long video can be generated in
+  segments (Sampler.stream) and starts as a shorter one does."""
+  frames = first_frame + jnp.arange(shape[0])
+
+  def one_video(key):
+    key = jax.random.fold_in(key, 0)
+    return jax.vmap(lambda f: jax.random.normal(jax.random.fold_in(key, f), shape[1:]))(frames)
+
+  return jax.vmap(one_video)(rngs)
 
 
 @functools.lru_cache(maxsize=32)
@@ -225,9 +276,16 @@ def _build(model, spec: _Spec) -> Sampler:
       # only add its bookkeeping, so the plain path runs.
       plan = None
   guided = spec.num_classes > 0 and spec.guidance_scale != 1.0
-  run = functools.partial(_run, model, spec, schedule, plan, window)
   options = dict(spec.compiler_options) if spec.compiler_options else None
-  return Sampler(jax.jit(run, compiler_options=options), schedule, plan, window, guided)
+  run = functools.partial(_run, model, spec, schedule, plan, window)
+  # Sampler.stream's two programs: the buffer's first frames, and a segment of calls.
+  init = functools.partial(_init_buffer, model, spec, plan, window)
+  segment = functools.partial(_run_segment, model, spec, plan, window)
+  return Sampler(
+      jax.jit(run, compiler_options=options), schedule, plan, window, guided,
+      jax.jit(init, static_argnums=3, compiler_options=options),
+      jax.jit(segment, donate_argnums=3, compiler_options=options),
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,34 +293,78 @@ def _build(model, spec: _Spec) -> Sampler:
 
 
 def _run(model, spec, schedule, plan, window, params, rngs, labels, prefix):
-  """The jitted body of a Sampler (model, spec, schedule, plan and window are static)."""
+  """The jitted body of Sampler.__call__ (model, spec, schedule, plan and window are static):
+  the whole video in one program, as one segment whose buffer holds every frame."""
+  carry = _init_buffer(model, spec, plan, window, params, rngs, labels, spec.num_frames, prefix)
+  rows = sampling_plan.segment_rows(schedule, plan, 0, schedule.num_calls, 0, spec.num_frames)
+  x, _ = _sample_segment(model, spec, plan, window, params, rngs, labels, carry, rows)
+  return x
+
+
+def _init_buffer(model, spec, plan, window, params, rngs, labels, length, prefix):
+  """The sampler's carry at the start: the first `length` frames of the video (initial noise,
+  the given prefix frames set) and, for the cached path, an empty cache."""
   num_videos = rngs.shape[0]
   frame_shape = (spec.tokens_per_frame, spec.in_channels)
-  if labels is not None and not spec.num_classes:
-    raise ValueError("Labels given to an unconditional model (config.model.num_classes = 0).")
-  guided = labels is not None and spec.num_classes > 0 and spec.guidance_scale != 1.0
-  x = initial_noise(rngs, (spec.num_frames,) + frame_shape)  # [B, F, L, C]
+  x = initial_noise(rngs, (length,) + frame_shape)  # [B, length, L, C]
   if spec.prefix_frames:
     expected = (num_videos, spec.prefix_frames) + frame_shape
     if prefix is None or prefix.shape != expected:
       raise ValueError(f"Expected a prefix of {expected} frames.")
     x = x.at[:, : spec.prefix_frames].set(prefix.astype(jnp.float32))
+  if plan is None:
+    return x, None
+  labels, guided = _prepare_labels(spec, labels)
+  # The frames' keys/values by window slot: [depth, B', W, L, H, Dh], valid up to num_cached
+  # (B' = 2B when guided). Only the shapes of the context's keys/values are used.
+  context_kv = _LabelledModel(model, params, labels).context_kv(
+      2 * num_videos if guided else num_videos)
+  cache = tuple(
+      jnp.zeros(a.shape[:2] + (window, spec.tokens_per_frame) + a.shape[3:], a.dtype)
+      for a in context_kv
+  )
+  return x, cache
+
+
+def _run_segment(model, spec, plan, window, params, rngs, labels, carry, rows, advance, offset):
+  """One segment of Sampler.stream: the buffer moved on by `advance` frames (its first frames
+  were emitted; it now starts at frame `offset`), then the segment's calls (rows)."""
+  x, cache = carry
+  x = jnp.roll(x, -advance, axis=1)
+  fresh = initial_noise(rngs, x.shape[1:], offset)  # the frames that enter at the end
+  slot = jnp.arange(x.shape[1])[None, :, None, None]
+  x = jnp.where(slot >= x.shape[1] - advance, fresh, x)
+  return _sample_segment(model, spec, plan, window, params, rngs, labels, (x, cache), rows)
+
+
+def _prepare_labels(spec, labels):
+  """(labels as the model takes them, guided): the null labels appended when guided."""
+  if labels is not None and not spec.num_classes:
+    raise ValueError("Labels given to an unconditional model (config.model.num_classes = 0).")
+  guided = labels is not None and spec.num_classes > 0 and spec.guidance_scale != 1.0
   if labels is not None:
     labels = jnp.asarray(labels, jnp.int32)
     if guided:
       labels = _with_null_labels(labels, spec.num_classes)
+  return labels, guided
+
+
+def _sample_segment(model, spec, plan, window, params, rngs, labels, carry, rows):
+  """The calls of `rows` (sampling_plan.segment_rows) on the carry (frames, cache)."""
+  x, cache = carry
+  labels, guided = _prepare_labels(spec, labels)
   step = _DenoisingStep(
       spec=spec,
       guided=guided,
       sched=diffusion.make_schedule(spec.beta_schedule, spec.num_timesteps),
       grid=jnp.asarray(_grid(spec)),
       noise_keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(rngs),
-      noise_shape=(window,) + frame_shape,
+      noise_shape=(window,) + x.shape[2:],
   )
   model = _LabelledModel(model, params, labels)
   if plan is None:
-    return _sample_uncached(model, step, schedule, window, x)
-  return _sample_cached(model, step, schedule, plan, window, x)
+    return _sample_uncached(model, step, rows, window, x), None
+  return _sample_cached(model, step, rows, plan.sizes, window, x, cache)
 
 
 def _grid(spec) -> np.ndarray:
@@ -377,21 +479,14 @@ class _DenoisingStep:
     return diffusion.ddim_step(self.sched, x, t_cur, t_next, x0, eps, noise, s.eta)
 
 
-def _schedule_rows(schedule: timesteps.ADSchedule) -> dict[str, jax.Array]:
-  """What lax.scan feeds each call r: the steps before and after it [F], its window, r."""
-  return dict(
-      prev=jnp.asarray(schedule.previous), new=jnp.asarray(schedule.steps),
-      window_start=jnp.asarray(schedule.window_start), call=jnp.arange(schedule.num_calls),
-  )
-
-
 # The uncached path: every call runs the model on its whole window.
 
 
-def _sample_uncached(model, step, schedule, window, x):
-  """x [B, F, L, C] (noise, prefix frames set) -> the videos, one _uncached_call per row."""
+def _sample_uncached(model, step, rows, window, x):
+  """x [B, S, L, C] (noise, prefix frames set) -> after the calls of rows, one _uncached_call
+  each."""
   call = functools.partial(_uncached_call, model, step, window)
-  x, _ = jax.lax.scan(call, x, _schedule_rows(schedule))
+  x, _ = jax.lax.scan(call, x, rows)
   return x
 
 
@@ -410,31 +505,19 @@ def _uncached_call(model, step, window, x, row):
 # cached keys/values of the conditioning tokens and of the finished frames.
 
 
-def _sample_cached(model, step, schedule, plan, window, x):
-  """x [B, F, L, C] (noise, prefix frames set) -> the videos, one _cached_call per row."""
-  num_videos, _, tokens_per_frame = x.shape[:3]
-  # The conditioning tokens' keys/values, once: [depth, B', Nc, H, Dh] (B' = 2B when guided).
+def _sample_cached(model, step, rows, sizes, window, x, cache):
+  """(x [B, S, L, C], cache) -> after the calls of rows, one _cached_call each."""
+  num_videos = x.shape[0]
+  # The conditioning tokens' keys/values: [depth, B', Nc, H, Dh] (B' = 2B when guided).
   context_kv = model.context_kv(2 * num_videos if step.guided else num_videos)
-  # The frames' keys/values by window slot: [depth, B', W, L, H, Dh], valid up to num_cached.
-  cache = tuple(
-      jnp.zeros(a.shape[:2] + (window, tokens_per_frame) + a.shape[3:], a.dtype)
-      for a in context_kv
-  )
-  rows = _schedule_rows(schedule)
-  rows.update(
-      query_start=jnp.asarray(plan.query_start), query_end=jnp.asarray(plan.query_end),
-      num_cached=jnp.asarray(plan.num_cached), branch=jnp.asarray(plan.branch),
-      # Frames the window moved by since the last call (rolling: the cache's slots shift).
-      shift=jnp.asarray(np.diff(schedule.window_start, prepend=schedule.window_start[0])),
-  )
   # One compiled branch per padded query size; the plan says which serves each call.
   branches = [
-      functools.partial(_cached_call, size, max(plan.sizes), model, step, window, context_kv)
-      for size in plan.sizes
+      functools.partial(_cached_call, size, max(sizes), model, step, window, context_kv)
+      for size in sizes
   ]
   call = functools.partial(_switch_branch, model, step.spec.kv_cache_mode, branches)
-  (x, _), _ = jax.lax.scan(call, (x, cache), rows)
-  return x
+  carry, _ = jax.lax.scan(call, (x, cache), rows)
+  return carry
 
 
 def _switch_branch(model, kv_cache_mode, branches, carry, row):

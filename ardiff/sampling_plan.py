@@ -6,6 +6,9 @@ They are computed once per sampler, before compiling, and enter the compiled loo
   given (video prediction): which frames each call denoises, and where its window sits.
 - cache_plan: what each call of the KV-cached path runs through the model: the frames not yet
   in the cache up to the last one that moves, and whether the window moved (a refresh).
+- stream_segments, segment_rows: the calls cut into segments over a buffer of frames that
+  moves along a long video (Sampler.stream), and what each segment's calls read, relative to
+  its buffer (the whole video is one segment whose buffer holds every frame).
 - _padded_sizes: the few static query sizes that the cached path compiles, each call padded up
   to one of them (a compiled program needs static shapes; one size per call would compile a
   copy of the model per size).
@@ -115,3 +118,72 @@ def _padded_sizes(counts: np.ndarray, max_branches: int) -> tuple[int, ...]:
     sizes.append(int(values[j]))
     j, m = back[m][j], m - 1
   return tuple(sorted(sizes))
+
+
+class StreamPlan(NamedTuple):
+  """Segments of calls [begins[k], ends[k]) each run on the frames [offsets[k], offsets[k] +
+  buffer_frames): every frame the segment's calls touch lies in that buffer, and the frames
+  before offsets[k + 1] are finished at its end (they left the window for good)."""
+
+  begins: np.ndarray
+  ends: np.ndarray
+  offsets: np.ndarray
+  buffer_frames: int
+
+
+def stream_segments(schedule: timesteps.ADSchedule, window: int, segment_frames: int) -> StreamPlan:
+  """Segments of equal numbers of calls (the last may be shorter) in which the window moves by
+  at most segment_frames frames: the most calls per segment for which that holds, so that the
+  buffer (the window plus how far it moves in a segment) stays within window + segment_frames."""
+  if segment_frames < 1:
+    raise ValueError(f"segment_frames={segment_frames} must be at least 1.")
+  start, num_calls = schedule.window_start, schedule.num_calls
+  num_frames = schedule.steps.shape[1]
+  window = min(window, num_frames)
+
+  def moves(calls):  # how far the window moves within the segments of `calls` calls
+    first = np.arange(0, num_calls, calls)
+    last = np.minimum(first + calls, num_calls) - 1
+    return int((start[last] - start[first]).max())
+
+  calls = num_calls
+  while calls > 1 and moves(calls) > segment_frames:
+    calls = max(1, min(calls - 1, calls * segment_frames // max(moves(calls), 1)))
+  begins = np.arange(0, num_calls, calls)
+  ends = np.minimum(begins + calls, num_calls)
+  offsets = start[begins].astype(np.int64)
+  buffer = min(window + moves(calls), num_frames)
+  # The frames emitted after a segment (before the next one's offset) are finished.
+  num_steps = schedule.steps[-1].max()
+  for end, nxt in zip(ends[:-1], offsets[1:]):
+    assert (schedule.steps[end - 1, :nxt] == num_steps).all(), "a frame left the window unfinished"
+  return StreamPlan(begins, ends, offsets, int(buffer))
+
+
+def segment_rows(schedule: timesteps.ADSchedule, plan: CachePlan | None, begin: int, end: int,
+                 offset: int, length: int) -> dict[str, np.ndarray]:
+  """What the sampler's scan feeds calls [begin, end), frame indices relative to a buffer of
+  `length` frames from `offset`: the steps before and after each call for the buffer's frames
+  (frames past the video: finished) [R, length], the window's start, the call's index, and for
+  the cached path its query frames, cached frames, branch and how far the window moved."""
+  num_steps = schedule.steps[-1].max()
+
+  def frames(a):  # [R, F] -> the buffer's columns [R, length]
+    a = a[:, offset:offset + length]
+    return np.pad(a, ((0, 0), (0, length - a.shape[1])), constant_values=num_steps)
+
+  # The steps before each call: the row before it (the schedule's initial steps before call 0).
+  before = schedule.steps[max(begin - 1, 0):end - 1]
+  if begin == 0:
+    first = np.zeros_like(schedule.steps[:1]) if schedule.initial is None else schedule.initial[None]
+    before = np.concatenate([first, before])
+  rows = dict(prev=frames(before), new=frames(schedule.steps[begin:end]),
+              window_start=schedule.window_start[begin:end] - offset,
+              call=np.arange(begin, end))
+  if plan is not None:
+    moved = np.diff(schedule.window_start, prepend=schedule.window_start[0])
+    rows.update(query_start=plan.query_start[begin:end] - offset,
+                query_end=plan.query_end[begin:end] - offset,
+                num_cached=plan.num_cached[begin:end], branch=plan.branch[begin:end],
+                shift=moved[begin:end])
+  return {k: np.asarray(v, np.int32) for k, v in rows.items()}

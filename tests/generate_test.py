@@ -183,3 +183,23 @@ def test_long_videos_take_real_clips_from_a_long_dataset(make_config, monkeypatc
   config.eval.data_name = "moving_digits_long"
   clips = run_eval.real_clips(config, 2, 40)
   assert clips.shape == (2, 40, 16, 16, 3) and clips.dtype == np.uint8
+
+
+def test_sample_mode_streams_long_videos(trained, make_config):
+  # Segments of one frame (the buffer on the device: the window plus one frame), and videos
+  # longer than gif_max_frames: the mp4 files and samples.npy are written frame chunk by
+  # frame chunk, no GIF; the videos are those of the one-program generate().
+  config = make_config(**SAMPLED)
+  config.sampling.stream_segment_frames = 1
+  config.sampling.gif_max_frames = 8
+  workdir = trained
+  paths = generate.sample_and_save(config, workdir)
+  assert "grid_gif" not in paths
+  samples = np.load(paths["npy"])
+  whole = generate.generate(config, checkpoint.load_inference_params(config, workdir)[0], 3,
+                            progress=False)
+  np.testing.assert_array_equal(samples, whole)
+  mp4 = iio.imread(os.path.join(workdir, "samples", "video_002.mp4"), plugin="FFMPEG")
+  assert mp4.shape == (12, 64, 64, 3)
+  # The video's mp4 against its frames (H.264 is lossy: close, not equal).
+  assert np.abs(mp4[:, ::4, ::4].astype(float) - samples[2]).mean() < 12

@@ -513,3 +513,66 @@ def test_unknown_kv_cache_mode():
   model, _ = tiny_model()
   with pytest.raises(ValueError, match="kv_cache_mode='sliding'"):
     sampling.make_sampler(model, tiny_config(kv_cache_mode="sliding"), 4)
+
+
+# Sampler.stream: the calls in segments over a buffer that moves along the video.
+
+
+@pytest.mark.parametrize("num_frames,ar_step,segment_frames", [(13, 0, 1), (12, 2, 3), (16, 4, 4)])
+def test_stream_segments_cover_the_calls_and_emit_finished_frames(num_frames, ar_step,
+                                                                   segment_frames):
+  sched = sampling_plan.sampling_schedule(num_frames, 4, ar_step, 4)
+  plan = sampling_plan.stream_segments(sched, 4, segment_frames)
+  assert plan.begins[0] == 0 and plan.ends[-1] == sched.num_calls
+  np.testing.assert_array_equal(plan.begins[1:], plan.ends[:-1])
+  assert len(set((plan.ends - plan.begins)[:-1])) <= 1  # equal segments: one program
+  assert len(plan.begins) > 1 and plan.buffer_frames <= 4 + segment_frames
+  for begin, end, offset in zip(plan.begins, plan.ends, plan.offsets):
+    # Every frame a call of the segment touches (its window) lies in the buffer.
+    starts = sched.window_start[begin:end]
+    assert starts.min() >= offset and starts.max() + 4 <= offset + plan.buffer_frames
+    # Frames that change in the segment are in its buffer too.
+    changed = np.nonzero((sched.steps[begin:end] != sched.previous[begin:end]).any(0))[0]
+    assert changed.min() >= offset and changed.max() < offset + plan.buffer_frames
+
+
+@pytest.mark.parametrize(
+    "kv_cache,mode,num_frames,ar_step,prefix_frames,eta",
+    [(False, "exact", 13, 0, 0, 0.0), (True, "exact", 12, 2, 0, 0.0),
+     (True, "rolling", 14, 1, 3, 0.0), (True, "exact", 10, 4, 0, 1.0)],
+)
+def test_stream_yields_the_videos_of_one_call(kv_cache, mode, num_frames, ar_step, prefix_frames,
+                                              eta):
+  # The same videos, frame for frame, as the whole-video program, with at most 2 frames of
+  # slack in the buffer (several segments), and a frame's initial noise independent of how
+  # long the video is.
+  model, params = tiny_model()
+  config = tiny_config(ar_step=ar_step, kv_cache_mode=mode, eta=eta)
+  prefix = jax.random.normal(jax.random.key(5), (B, prefix_frames, L, C)) if prefix_frames else None
+  sampler = sampling.make_sampler(model, config, num_frames, prefix_frames=prefix_frames,
+                                  kv_cache=kv_cache, max_branches=2, compiler_options=FAST)
+  assert (sampler.plan is not None) == kv_cache
+  whole = np.asarray(sampler(params, keys(), None, prefix))
+  chunks = list(sampler.stream(params, keys(), None, prefix, segment_frames=2))
+  assert len(chunks) > 2
+  firsts = [first for first, _ in chunks]
+  assert firsts == sorted(firsts) and firsts[0] == 0
+  streamed = np.concatenate([np.asarray(frames) for _, frames in chunks], axis=1)
+  assert streamed.shape == whole.shape
+  np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
+  if prefix is not None:
+    np.testing.assert_array_equal(streamed[:, :prefix_frames], np.asarray(prefix))
+  noise = sampling.initial_noise(keys(), (num_frames, L, C))
+  np.testing.assert_array_equal(sampling.initial_noise(keys(), (3, L, C), first_frame=5),
+                                noise[:, 5:8])
+
+
+def test_stream_with_labels_and_guidance():
+  model, params = tiny_model(num_classes=5)
+  config = tiny_config(num_classes=5, guidance_scale=3.0, ar_step=1)
+  sampler = sampling.make_sampler(model, config, 10, max_branches=2, compiler_options=FAST)
+  labels = jnp.array([1, 3], jnp.int32)
+  whole = np.asarray(sampler(params, keys(), labels))
+  streamed = np.concatenate(
+      [np.asarray(f) for _, f in sampler.stream(params, keys(), labels, segment_frames=3)], axis=1)
+  np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
