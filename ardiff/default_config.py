@@ -64,6 +64,10 @@ def get_default_config() -> mc.ConfigDict:
   c.data.resolution = resolution
   c.data.patch_size = patch_size
   c.data.frame_stride = 1
+  # Frames in gray: each pixel's brightest channel (its HSV value) in all three channels, after
+  # resizing. moving_digits' coloured digits become white ones (the demo: colour costs the
+  # model capacity it does not have in half an hour).
+  c.data.grayscale = False
   # UCF-101's official train/test split (1, 2 or 3; ucfTrainTestlist/): one build holds all
   # three. The other datasets have only split 1.
   c.data.split_number = 1

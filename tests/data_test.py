@@ -229,6 +229,17 @@ def test_load_clips(data_dir):
   assert videos.shape == (3, 16, 16, 16, 3) and set(labels.tolist()) <= {0, 1, 2}
 
 
+def test_grayscale_frames_are_the_brightest_channel(data_dir):
+  # data.grayscale: training batches and the clips for FVD and prefixes alike.
+  colour, _ = pipeline.load_clips(_config(data_dir), "test", 4)
+  gray, _ = pipeline.load_clips(_config(data_dir, grayscale=True), "test", 4)
+  assert (colour[..., 0] != colour[..., 1]).any()  # coloured digits to begin with
+  np.testing.assert_array_equal(gray, np.repeat(colour.max(-1, keepdims=True), 3, axis=-1))
+  batch = next(pipeline.create_train_iterator(_config(data_dir, grayscale=True),
+                                              process_index=0, process_count=1))
+  assert (batch["video"] == batch["video"][..., :1]).all()
+
+
 def test_patchify_round_trip():
   video = jax.random.normal(jax.random.key(0), (2, 3, 16, 8, 3))
   tokens = jax.jit(patches.patchify, static_argnums=1)(video, 4)

@@ -42,6 +42,7 @@ class RandomClip(grain.transforms.RandomMap):
   stride: int
   resolution: int | None
   key: str = "video"
+  grayscale: bool = False  # frames: each pixel's brightest channel in all three (data.grayscale)
 
   def random_map(self, record, rng: np.random.Generator):
     video = record[self.key]  # [T, S, S, 3] uint8 or [T, N, C] float32 latents, T >= span
@@ -50,6 +51,8 @@ class RandomClip(grain.transforms.RandomMap):
     clip = video[start:start + span:self.stride]  # [F, ...]
     if self.resolution is not None:
       clip = frames.resize_frames(clip, self.resolution)
+    if self.grayscale:
+      clip = np.repeat(clip.max(axis=-1, keepdims=True), 3, axis=-1)
     return {self.key: clip, "label": np.int32(record["label"])}
 
 
@@ -195,7 +198,8 @@ def _clips_of(config: ml_collections.ConfigDict, split: str, latents: bool = Fal
           f"{name} stores clips of {stored} frames.")
   if latents:
     return source, RandomClip(num_frames=num_frames, stride=stride, resolution=None, key="latents")
-  return source, RandomClip(num_frames=num_frames, stride=stride, resolution=config.data.resolution)
+  return source, RandomClip(num_frames=num_frames, stride=stride, resolution=config.data.resolution,
+                            grayscale=bool(config.data.get("grayscale", False)))
 
 
 def _seeds(seed: int) -> tuple[int, int]:
