@@ -4,6 +4,7 @@ Data parallel, FSDP and tensor parallel are each a change of config.mesh: the mo
 axes (batch, embed, heads, mlp, ...) and config.mesh.logical_axis_rules maps names to mesh axes.
 """
 
+import contextlib
 import math
 
 from absl import logging
@@ -44,6 +45,13 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
 def logical_rules(config) -> tuple:
   return tuple((name, tuple(a) if isinstance(a, (list, tuple)) else a)
                for name, a in config.mesh.logical_axis_rules)
+
+
+@contextlib.contextmanager
+def mesh_context(config, mesh):
+  """The mesh and config's logical axis rules: where jitted steps are traced and run."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(logical_rules(config)):
+    yield
 
 
 def batch_axes(config) -> tuple:

@@ -6,7 +6,6 @@ built from the shared parts of ardiff/loop.py, which the frame autoencoder's tra
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -110,21 +109,25 @@ def train_step(config, model, tx, state, batch, rng):
   return new_state, metrics
 
 
-def make_train_step(config, mesh):
-  """train_step jitted once with in/out shardings and the state donated."""
-  model, tx = build_model(config), train_state.make_optimizer(config)
+def jit_train_step(config, mesh, model, tx, batch_shards=None):
+  """train_step jitted with the state's and the batch's shardings, the state donated (the
+  benchmarks lower this same program). Trace and run it under sharding.mesh_context."""
   shards = train_state.state_shardings(config, mesh, model, tx)
-  batch_shards = batch_shardings(config, mesh)
   rep = sharding.replicated(mesh)
-  jitted = jax.jit(
+  return jax.jit(
       functools.partial(train_step, config, model, tx),
-      in_shardings=(shards, batch_shards, rep),
+      in_shardings=(shards, batch_shards or batch_shardings(config, mesh), rep),
       out_shardings=(shards, rep),
       donate_argnums=(0,),
   )
 
+
+def make_train_step(config, mesh):
+  """train_step jitted once (jit_train_step), called under the mesh and its rules."""
+  jitted = jit_train_step(config, mesh, build_model(config), train_state.make_optimizer(config))
+
   def step_fn(state, batch, rng):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config)):
+    with sharding.mesh_context(config, mesh):
       return jitted(state, batch, rng)
 
   return step_fn
@@ -177,9 +180,12 @@ def create_state(config, mesh, rng):
   return state
 
 
-def batch_shardings(config, mesh) -> dict:
-  """The shardings of a global batch: frames or latents, and labels, split over the batch."""
-  if config.latents.autoencoder_workdir:
+def batch_shardings(config, mesh, latents: bool | None = None) -> dict:
+  """The shardings of a global batch: frames or latents (None: as config trains on), and
+  labels, split over the batch."""
+  if latents is None:
+    latents = bool(config.latents.autoencoder_workdir)
+  if latents:
     return {"latents": sharding.batch_sharding(config, mesh, 4),
             "label": sharding.batch_sharding(config, mesh, 1)}
   return {"video": sharding.batch_sharding(config, mesh, 5),

@@ -15,7 +15,6 @@ latents, stay as they were.
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,7 +152,7 @@ def make_train_step(config, mesh):
   lpips_params = jax.device_put(lpips_params, rep)
 
   def step_fn(state, batch, rng):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config)):
+    with sharding.mesh_context(config, mesh):
       return jitted(state, batch, rng, lpips_params)
 
   return step_fn

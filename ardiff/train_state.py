@@ -91,7 +91,7 @@ def create_from_init(config, mesh, init_boxed, rng, abstract=None):
   abstract = abstract or abstract_from_init(config, mesh, init_boxed)
   shards = jax.tree.map(lambda a: a.sharding, abstract)
   init = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=shards)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config)):
+  with sharding.mesh_context(config, mesh):
     return init(rng)
 
 

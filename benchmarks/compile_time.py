@@ -86,12 +86,10 @@ def time_train(depth: int) -> tuple[Timer, Timer]:
       ),
       "label": jnp.zeros((b,), jnp.int32),
   }
-  step = jax.jit(
-      lambda s, bt, k: train.train_step(config, model, tx, s, bt, k), donate_argnums=(0,)
-  )
+  step = train.jit_train_step(config, mesh, model, tx, train.batch_shardings(config, mesh, latents=True))
   # Compiled against the abstract state: the compile time does not wait for the 13 GB state.
   abstract = train_state.abstract_state(config, mesh, model, tx)
-  with Timer() as compile_t, jax.set_mesh(mesh):
+  with Timer() as compile_t, sharding.mesh_context(config, mesh):
     compiled = step.lower(abstract, batch, jax.random.key(1)).compile()
   state = train_state.create_train_state(config, mesh, jax.random.key(0))
   state, metrics = compiled(state, batch, jax.random.key(1))  # warm-up

@@ -22,12 +22,10 @@ if "jax" not in sys.modules:  # fake the devices on a CPU host before jax starts
       os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_n}"
   )
 
-import functools  # noqa: E402
 import time  # noqa: E402
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -60,8 +58,7 @@ def compiled_step(policy: str):
   sharding.check_global_batch(c, mesh)
   model, tx = build_model(c), train_state.make_optimizer(c)
   m = c.model
-  batch_shards = {"latents": sharding.batch_sharding(c, mesh, 4),
-                  "label": sharding.batch_sharding(c, mesh, 1)}
+  batch_shards = train.batch_shardings(c, mesh, latents=True)
   batch = {
       "latents": jax.ShapeDtypeStruct(
           (c.global_batch_size, c.num_frames, m.tokens_per_frame, m.in_channels), jnp.float32,
@@ -71,16 +68,9 @@ def compiled_step(policy: str):
           (c.global_batch_size,), jnp.int32, sharding=batch_shards["label"]
       ),
   }
-  shards = train_state.state_shardings(c, mesh, model, tx)
-  rep = sharding.replicated(mesh)
-  step = jax.jit(
-      functools.partial(train.train_step, c, model, tx),
-      in_shardings=(shards, batch_shards, rep),
-      out_shardings=(shards, rep),
-      donate_argnums=(0,),
-  )
+  step = train.jit_train_step(c, mesh, model, tx, batch_shards)
   abstract = train_state.abstract_state(c, mesh, model, tx)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(c)):
+  with sharding.mesh_context(c, mesh):
     return c, mesh, step.lower(abstract, batch, jax.random.key(1)).compile()
 
 

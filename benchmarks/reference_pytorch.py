@@ -271,10 +271,10 @@ def ardiff_train(config, steps: int) -> tuple[float, float]:
   rng = np.random.default_rng(0)
   latents = rng.standard_normal((b, config.num_frames, m.tokens_per_frame, m.in_channels))
   batch = {"latents": jnp.asarray(latents, jnp.float32), "label": jnp.zeros((b,), jnp.int32)}
-  step = jax.jit(lambda s, bt, k: train.train_step(config, model, tx, s, bt, k),
-                 donate_argnums=(0,))
+  step = train.jit_train_step(config, mesh, model, tx,
+                              train.batch_shardings(config, mesh, latents=True))
   start = time.perf_counter()
-  with jax.set_mesh(mesh):
+  with sharding.mesh_context(config, mesh):
     compiled = step.lower(state, batch, jax.random.key(1)).compile()
   compile_s = time.perf_counter() - start
   state, metrics = compiled(state, batch, jax.random.key(1))  # warm-up

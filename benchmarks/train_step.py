@@ -56,8 +56,9 @@ def time_config(name, config):
     r = config.data.resolution
     batch = {"video": jnp.asarray(rng.integers(0, 256, (b, f, r, r, 3), dtype=np.uint8))}
   batch["label"] = jnp.zeros((b,), jnp.int32)
-  step = jax.jit(lambda s, bt, k: train.train_step(config, model, tx, s, bt, k), donate_argnums=(0,))
-  with jax.set_mesh(mesh):
+  step = train.jit_train_step(config, mesh, model, tx,
+                              train.batch_shardings(config, mesh, latents="latents" in batch))
+  with sharding.mesh_context(config, mesh):
     compiled = step.lower(state, batch, jax.random.key(1)).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
