@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ardiff.models import attention_mask, build_model
+from ardiff.models import attention_mask, build_model, dit
 from configs import tiny
 
 
@@ -248,3 +248,31 @@ def test_paper_size_parameter_count():
   assert count > m.depth * per_block
   assert count == pytest.approx(673.7e6, rel=0.01)  # about DiT-XL (675M)
   print(f"paper-size parameters: {count:,}")
+
+
+def test_sincos_token_positions():
+  # model.token_position_init = "sincos": the token-in-frame position starts from DiT's 2D
+  # sine-cosine table (rows in the first half of the channels, columns in the second), 1D for
+  # token counts that are not a square (latents); "normal" keeps the N(0, 0.02^2) init.
+  table = dit.sincos_positions(16, 48)  # a 4x4 grid
+  row, col = np.divmod(np.arange(16), 4)
+  for a in range(16):
+    for b in range(16):
+      assert np.allclose(table[a, :24], table[b, :24]) == (row[a] == row[b])
+      assert np.allclose(table[a, 24:], table[b, 24:]) == (col[a] == col[b])
+  # Direct formula for one entry: column 1's code, channel 24 + 1 (sin at frequency 1e4^(-1/12)).
+  np.testing.assert_allclose(table[1, 25], np.sin(10_000 ** (-1 / 12)), rtol=1e-6)
+  one_d = dit.sincos_positions(32, 8)
+  np.testing.assert_allclose(one_d[5], [np.sin(5), np.sin(5e-1), np.sin(5e-2), np.sin(5e-3),
+                                        np.cos(5), np.cos(5e-1), np.cos(5e-2), np.cos(5e-3)],
+                             rtol=1e-5)
+  c = tiny.get_config()
+  x, t = jnp.ones((1, 4, 16, 48)), jnp.zeros((1, 4), jnp.int32)
+  for init in ("sincos", "normal"):
+    c.model.token_position_init = init
+    params = nn.unbox(build_model(c).init(jax.random.key(0), x, t, None))["params"]
+    is_table = np.allclose(params["token_position"], dit.sincos_positions(16, c.model.hidden_size))
+    assert is_table == (init == "sincos")
+  c.model.token_position_init = "learned"
+  with pytest.raises(ValueError, match="token_position_init"):
+    build_model(c).init(jax.random.key(0), x, t, None)

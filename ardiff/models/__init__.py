@@ -37,6 +37,7 @@ def build_model(config) -> VideoDiT | ReferenceDiT:
       num_context_tokens=m.num_context_tokens,
       context_attends_video=m.context_attends_video,
       rope_theta=m.rope_theta,
+      token_position_init=m.get("token_position_init", "normal"),
       attention_impl=m.attention_impl,
       **common,
   )

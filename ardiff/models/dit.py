@@ -39,6 +39,23 @@ def attention_mask(
   return np.asarray(mask, bool)
 
 
+def sincos_positions(num_tokens: int, dim: int) -> np.ndarray:
+  """float32 [num_tokens, dim]: sine-cosine position codes (DiT/MAE), 2D over a square grid of
+  tokens (half the channels for rows, half for columns), else 1D over the token index."""
+  def one_axis(pos, d):
+    freqs = 1.0 / 10_000 ** (np.arange(d // 2) / (d // 2))
+    angles = np.outer(pos, freqs)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+  side = int(round(np.sqrt(num_tokens)))
+  if side * side == num_tokens and dim % 4 == 0:
+    rows, cols = np.divmod(np.arange(num_tokens), side)
+    return np.concatenate([one_axis(rows, dim // 2), one_axis(cols, dim // 2)], 1).astype(np.float32)
+  if dim % 2:
+    raise ValueError(f"sincos token positions need an even hidden_size, not {dim}.")
+  return one_axis(np.arange(num_tokens), dim).astype(np.float32)
+
+
 def token_positions(num_context: int, num_frames: int, tokens_per_frame: int) -> np.ndarray:
   return np.concatenate(
       [np.full(num_context, CONTEXT_POSITION), np.repeat(np.arange(num_frames), tokens_per_frame)]
@@ -147,6 +164,10 @@ class VideoDiT(nn.Module):
   num_context_tokens: int = 1
   context_attends_video: bool = False
   rope_theta: float = 10_000.0
+  # Init of the learned token-in-frame position: "normal" (N(0, 0.02^2)) or "sincos" (the 2D
+  # sine-cosine table of DiT/MAE over the frame's patch grid, 1D for latent tokens; RoPE covers
+  # only the frame index, so this is all a token knows of where it sits in its frame).
+  token_position_init: str = "normal"
   remat: bool = False
   remat_policy: str = "nothing_saveable"  # a key of REMAT_POLICIES
   attention_impl: str = "xla"  # ardiff/models/attention.py
@@ -170,8 +191,16 @@ class VideoDiT(nn.Module):
         d, kernel_init=named(nn.initializers.xavier_uniform(), ("channels", "embed")),
         bias_init=named(zeros, ("embed",)), **kw,
     )
+    if self.token_position_init == "sincos":
+      table = sincos_positions(self.tokens_per_frame, d)
+      position_init = lambda key, shape, dtype: jnp.asarray(table, dtype)  # noqa: E731
+    elif self.token_position_init == "normal":
+      position_init = normal
+    else:
+      raise ValueError(f"model.token_position_init={self.token_position_init!r}: 'normal' or"
+                       " 'sincos'.")
     self.token_position = self.param(
-        "token_position", named(normal, ("tokens", "embed")), (self.tokens_per_frame, d),
+        "token_position", named(position_init, ("tokens", "embed")), (self.tokens_per_frame, d),
         self.param_dtype,
     )
     # Conditioning tokens: a learned context (a parameter, so it trains), plus the class
