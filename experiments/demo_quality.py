@@ -15,6 +15,11 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
   prefix), and a picture.
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
   cache costs in quality).
+- Context gain (metrics.context_gain): on 64 real clips of the window's length, the MSE of the
+  model's one-step x0 estimate of frame 8 noised to t (400, 600, 800) with the 8 frames before
+  it noised alike, over the same with them clean. About 1: the model does not use the frames
+  before (it cannot carry a digit over from them, and long rollouts break up); a model that
+  does scores well above 1.
 
 Writes <out>/demo_quality.json (every number, with the settings), <out>/demo_samples.png
 (rows: 48-frame samples, 12 evenly spaced frames), <out>/demo_long.png (rows: 128-frame
@@ -29,16 +34,20 @@ from absl import app
 from absl import flags
 import imageio.v3 as iio
 import jax
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
 from ardiff import checkpoint
+from ardiff import diffusion
 from ardiff import generate
 from ardiff import video_io
+from ardiff.data import patches
 from ardiff.evaluation import fvd
 from ardiff.evaluation import metrics
 from ardiff.evaluation import run as evaluation
+from ardiff.models import build_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo's config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained demo run.", required=True)
@@ -48,6 +57,7 @@ _MODES = flags.DEFINE_list("kv_cache_modes", ["exact"], "KV-cache modes to score
 _OUT = flags.DEFINE_string("out", "docs", "Where the JSON and the pictures go.")
 
 LONG_FRAMES, LONG_PREFIX = 128, 4
+CONTEXT_CLIPS, CONTEXT_FRAME, CONTEXT_TIMESTEPS = 64, 8, (400, 600, 800)
 
 
 def strip(videos: np.ndarray, columns: int, rows: int = 8) -> np.ndarray:
@@ -62,6 +72,18 @@ def with_sampling(config, **fields) -> ml_collections.ConfigDict:
     setattr(c.sampling, name, value)
   c.sampling.batch_size = c.eval.batch_size
   return c
+
+
+def context_gains(config, params) -> dict:
+  """metrics.context_gain of the model on real clips of its window, per timestep."""
+  model = build_model(config)
+  clips = evaluation.real_clips(config, CONTEXT_CLIPS, config.model.num_frames)
+  x0 = jnp.asarray(patches.video_to_tokens(config, clips))
+  apply = jax.jit(lambda x, t: model.apply({"params": params}, x, t, None))
+  sched = diffusion.schedule_from_config(config.diffusion)
+  return {str(t): metrics.context_gain(apply, sched, config.diffusion.parameterization, x0, t,
+                                       CONTEXT_FRAME, jax.random.key(config.eval.seed))
+          for t in CONTEXT_TIMESTEPS}
 
 
 def main(argv):
@@ -104,6 +126,8 @@ def main(argv):
     results["long_frames"], results["long_prefix"] = LONG_FRAMES, LONG_PREFIX
     iio.imwrite(os.path.join(_OUT.value, "demo_long.png"), strip(long, 16))
 
+  results["context_gain"] = context_gains(config, params)
+
   path = os.path.join(_OUT.value, "demo_quality.json")
   with open(path, "w") as f:
     json.dump(results, f, indent=2)
@@ -115,6 +139,9 @@ def main(argv):
           f" {results[f'fvd_{mode}']:.1f} | {floor:.1f} (real vs real) | <= {4 * floor:.1f} |")
     print(f"| persistence, {frames} frames, {mode} cache | {results[f'persistence_{mode}']:.3f} |"
           f" {results['persistence_real']:.3f} | about the real one |")
+  for t, g in results["context_gain"].items():
+    print(f"| context gain, frame {CONTEXT_FRAME} at t = {t} (x0 MSE, earlier frames noisy /"
+          f" clean) | {g['gain']:.3f} | | well above 1 |")
   if "long_persistence" in results:
     print(f"| persistence, {LONG_FRAMES} frames frame by frame from {LONG_PREFIX} real |"
           f" {results['long_persistence']:.3f} | {results['persistence_real']:.3f} | about the"

@@ -115,6 +115,31 @@ def test_tables_show_mixed_steps_and_skip_unreadable_results(tmp_path):
   assert lines[4:] == ["| fopp | 5.0 | 5.0 |  |  | 750/1500 |"]
 
 
+def test_context_gain_tells_a_model_that_uses_earlier_frames():
+  # The demo's context figure (metrics.context_gain): the x0 estimate of frame 4 with the
+  # frames before it clean vs noised like it. Against independent computations: a network
+  # that outputs zeros (adaLN-Zero at init) estimates black either way (gain 1, MSE the mean
+  # square of the frame); an x0 "network" that copies the previous frame's input gets frame 3
+  # exactly when it is clean, and a noisy copy otherwise.
+  import jax  # noqa: PLC0415
+  from ardiff import diffusion  # noqa: PLC0415
+
+  sched = diffusion.make_schedule("linear", 1000)
+  x0 = jax.random.uniform(jax.random.key(0), (3, 8, 4, 6), minval=-1, maxval=1)
+  x0 = x0.at[:, 4].set(x0[:, 3])  # frame 4 repeats frame 3: copying is the right answer
+  zero = metrics.context_gain(lambda x, t: 0 * x, sched, "x0", x0, 700, 4, jax.random.key(1))
+  assert zero["gain"] == pytest.approx(1.0)
+  assert zero["clean"] == pytest.approx(float(np.mean(np.square(x0[:, 4]))), rel=1e-5)
+  copy = lambda x, t: jax.numpy.roll(x, 1, axis=1)  # noqa: E731
+  got = metrics.context_gain(copy, sched, "x0", x0, 700, 4, jax.random.key(1))
+  noise = np.asarray(jax.random.normal(jax.random.key(1), x0.shape))[:, 3]
+  for name, t in (("clean", 0), ("noisy", 700)):
+    a = float(sched.alphas_cumprod[t])
+    estimate = np.clip(np.sqrt(a) * x0[:, 3] + np.sqrt(1 - a) * noise, -1, 1)
+    assert got[name] == pytest.approx(float(np.mean(np.square(estimate - x0[:, 4]))), rel=1e-4)
+  assert got["gain"] > 100
+
+
 def test_persistence_fails_a_fading_video():
   # The demo's persistence figure: last 8 frames' object mass over the first 8's. Real
   # bouncing digits keep their mass; a video whose digit fades out, or dissolves into a few

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ardiff import diffusion
 from ardiff.models import lpips as lpips_lib
 
 # SSIM constants of Wang et al. (2004), as in tf.image.ssim and skimage (gaussian_weights=True).
@@ -150,3 +151,27 @@ def persistence(videos: np.ndarray, first: int = 0, edge: int = 8) -> float:
   mass = object_mass(videos)
   return float(mass[:, -edge:].mean() / max(mass[:, first:first + edge].mean(), 1e-9))
 
+
+
+def context_gain(apply_fn, sched, parameterization: str, x0, t: int, frame: int, rng) -> dict:
+  """How much a model's one-step estimate of a noisy frame gains from clean frames before it.
+
+  x0: clean token clips [N, F, L, C]; apply_fn(x_t, t) -> the network's output. The frames
+  from `frame` on are noised to timestep t; the frames before it are noised to t too
+  ("noisy") or kept clean at t = 0 ("clean"). Returns the MSE of the x0 estimate (clipped to
+  [-1, 1]) of `frame` in both cases and their ratio "gain" = noisy / clean: about 1 when the
+  model does not use the frames before (it predicts the frame from itself alone); well above 1
+  when it carries objects over from them, as a model that generates long videos frame by frame
+  has to.
+  """
+  n, f = x0.shape[:2]
+  noise = jax.random.normal(rng, x0.shape)
+  out = {}
+  for name, before in (("noisy", t), ("clean", 0)):
+    ts = jnp.where(jnp.arange(f) < frame, before, t)
+    ts = jnp.broadcast_to(ts, (n, f)).astype(jnp.int32)
+    x_t = diffusion.q_sample(sched, x0, ts, noise)
+    pred, _ = diffusion.to_x0_eps(sched, parameterization, x_t, ts, apply_fn(x_t, ts))
+    out[name] = float(jnp.mean(jnp.square(jnp.clip(pred[:, frame], -1, 1) - x0[:, frame])))
+  out["gain"] = out["noisy"] / max(out["clean"], 1e-12)
+  return out
