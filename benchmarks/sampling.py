@@ -2,6 +2,7 @@ r"""Seconds per video and model evaluations of AD sampling, with and without the
 
   python -m benchmarks.sampling [--models=demo,paper] [--paper_depth=2] [--videos=4]
   python -m benchmarks.sampling --models=demo --cases=16:5,128:5,512:5 --kv=exact,rolling
+  python -m benchmarks.sampling --models=demo --cases=512:3,2048:3 --kv=rolling --memory
 
 Cases: 16 frames at ar_step 0, 5 and 50, and 128 frames at ar_step 5 (50 DDIM steps), each with
 the KV cache off and in the --kv modes (exact: recomputes the view when the window slides;
@@ -9,6 +10,11 @@ rolling: keeps it), for the demo model and the paper's shape (hidden 1152, 16 he
 tokens x 4 channels) with --paper_depth layers. Random weights: the cost does not depend on
 them. "frames/call" is the mean number of frames one model call runs (the window without the
 cache). Compile time is reported apart from the run time.
+
+--memory: instead of timing, the memory of the compiled programs (XLA's memory analysis:
+arguments, outputs and temporaries; and the program's size, schedule constants included) of the
+whole video in one program (Sampler.__call__) against one segment of Sampler.stream, which
+--mode=sample runs.
 """
 
 import time
@@ -21,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiff import sampling
+from ardiff import sampling_plan
 from ardiff.models import build_model
 from configs import common
 from configs import demo
@@ -30,6 +37,7 @@ _PAPER_DEPTH = flags.DEFINE_integer("paper_depth", 2, "Layers of the paper-shape
 _VIDEOS = flags.DEFINE_integer("videos", 4, "Videos per batch.")
 _CASES = flags.DEFINE_string("cases", "16:0,16:5,16:50,128:5", "frames:ar_step pairs.")
 _KV = flags.DEFINE_list("kv", ["exact", "off"], "KV cache: off, or a sampling.kv_cache_mode.")
+_MEMORY = flags.DEFINE_bool("memory", False, "Memory of the compiled programs, whole vs stream.")
 
 
 def paper_config():
@@ -51,8 +59,28 @@ def random_params(model, config):
   return {"params": tree.unflatten(new)}
 
 
+def program_mib(compiled) -> tuple[float, float]:
+  """(arguments + outputs + temporaries, generated code) of a compiled program, MiB."""
+  m = compiled.memory_analysis()
+  buffers = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+  return buffers / 2**20, m.generated_code_size_in_bytes / 2**20
+
+
+def memory_row(name, frames, ar_step, mode, sampler, params, keys) -> str:
+  whole = program_mib(jax.jit(sampler.fn).lower(params, keys, None, None).compile())
+  plan = sampling_plan.stream_segments(sampler.schedule, sampler.window, sampler.window)
+  carry = sampler.init(params, keys, None, plan.buffer_frames, None)
+  rows = sampling_plan.segment_rows(sampler.schedule, sampler.plan, plan.begins[0],
+                                    plan.ends[0], plan.offsets[0], plan.buffer_frames)
+  segment = program_mib(sampler.segment.lower(params, keys, None, carry, rows, 0, 0).compile())
+  return (f"| {name} | {frames} | {ar_step} | {mode} | {whole[0]:.1f} / {whole[1]:.1f} |"
+          f" {segment[0]:.1f} / {segment[1]:.1f} | {plan.buffer_frames} |")
+
+
 def main(argv):
   del argv
+  if _MEMORY.value:
+    return main_memory()
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {_VIDEOS.value} videos per batch")
   print("| model | frames | ar_step | kv_cache | model calls | frames/call | compile s | s/video |"
         " ms/frame |")
@@ -79,6 +107,28 @@ def main(argv):
         print(f"| {name} | {frames} | {ar_step} | {mode} |"
               f" {sampler.num_model_calls} | {sampler.frames_per_call.mean():.1f} |"
               f" {t1 - t0:.1f} | {dt:.2f} | {1000 * dt / frames:.1f} |", flush=True)
+
+
+def main_memory():
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {_VIDEOS.value} videos per batch")
+  print("| model | frames | ar_step | kv_cache | whole video: buffers / program MiB |"
+        " stream segment: buffers / program MiB | buffer frames |")
+  print("|---|---|---|---|---|---|---|")
+  builders = {"demo": demo.get_config, "paper": paper_config}
+  for name in _MODELS.value:
+    config = builders[name]()
+    config.sampling.num_steps = 50
+    model = build_model(config)
+    params = random_params(model, config)
+    keys = jax.random.split(jax.random.key(0), _VIDEOS.value)
+    for case in _CASES.value.split(","):
+      frames, ar_step = (int(v) for v in case.split(":"))
+      for mode in _KV.value:
+        config.sampling.ar_step = ar_step
+        config.sampling.kv_cache = mode != "off"
+        config.sampling.kv_cache_mode = "exact" if mode == "off" else mode
+        sampler = sampling.make_sampler(model, config, num_frames=frames)
+        print(memory_row(name, frames, ar_step, mode, sampler, params, keys), flush=True)
 
 
 if __name__ == "__main__":
