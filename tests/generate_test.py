@@ -150,7 +150,9 @@ def test_real_features_are_cached(make_config, tmp_path, monkeypatch):
   paths.add(run_eval.real_features_path(other, 2, 12))
   other.eval.data_name = "moving_digits_long"
   paths.add(run_eval.real_features_path(other, 2, 12))
-  assert len(paths) == 5
+  other.data.grayscale = True
+  paths.add(run_eval.real_features_path(other, 2, 12))
+  assert len(paths) == 6
 
   def no_i3d(*args, **kwargs):
     raise AssertionError("the I3D ran although its features were in the cache")

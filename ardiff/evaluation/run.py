@@ -57,6 +57,8 @@ def real_features_path(config, num_videos: int, num_frames: int) -> str:
          f"_stride{config.data.frame_stride}_n{num_videos}_seed{config.eval.seed}")
   if name in datasets.VIDEO_DATASETS:  # UCF-101's official splits 1-3 hold different clips
     key += f"_split{config.data.split_number}"
+  if config.data.get("grayscale", False):  # other frames than the coloured clips'
+    key += "_gray"
   return os.path.join(directory, key + ".npy")
 
 
