@@ -66,70 +66,59 @@ def program_mib(compiled) -> tuple[float, float]:
   return buffers / 2**20, m.generated_code_size_in_bytes / 2**20
 
 
-def memory_row(name, frames, ar_step, mode, sampler, params, keys) -> str:
+def memory_columns(sampler, params, keys) -> str:
+  """The --memory columns: the whole-video program against the first stream segment."""
   whole = program_mib(jax.jit(sampler.fn).lower(params, keys, None, None).compile())
   plan = sampling_plan.stream_segments(sampler.schedule, sampler.window, sampler.window)
   carry = sampler.init(params, keys, None, plan.buffer_frames, None)
   rows = sampling_plan.segment_rows(sampler.schedule, sampler.plan, plan.begins[0],
                                     plan.ends[0], plan.offsets[0], plan.buffer_frames)
   segment = program_mib(sampler.segment.lower(params, keys, None, carry, rows, 0, 0).compile())
-  return (f"| {name} | {frames} | {ar_step} | {mode} | {whole[0]:.1f} / {whole[1]:.1f} |"
-          f" {segment[0]:.1f} / {segment[1]:.1f} | {plan.buffer_frames} |")
+  return (f" {whole[0]:.1f} / {whole[1]:.1f} | {segment[0]:.1f} / {segment[1]:.1f} |"
+          f" {plan.buffer_frames} |")
+
+
+def samplers():
+  """Every (model, case, KV-cache mode) of the flags: (row label, frames, sampler, params,
+  keys), the sampler built for the case on random weights."""
+  builders = {"demo": demo.get_config, "paper": paper_config}
+  keys = jax.random.split(jax.random.key(0), _VIDEOS.value)
+  for name in _MODELS.value:
+    config = builders[name]()
+    config.sampling.num_steps = 50
+    model = build_model(config)
+    params = random_params(model, config)
+    for case in _CASES.value.split(","):
+      frames, ar_step = (int(v) for v in case.split(":"))
+      for mode in _KV.value:
+        config.sampling.ar_step = ar_step
+        config.sampling.kv_cache = mode != "off"
+        config.sampling.kv_cache_mode = "exact" if mode == "off" else mode
+        sampler = sampling.make_sampler(model, config, num_frames=frames)
+        yield f"| {name} | {frames} | {ar_step} | {mode} |", frames, sampler, params, keys
 
 
 def main(argv):
   del argv
-  if _MEMORY.value:
-    return main_memory()
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {_VIDEOS.value} videos per batch")
+  if _MEMORY.value:
+    print("| model | frames | ar_step | kv_cache | whole video: buffers / program MiB |"
+          " stream segment: buffers / program MiB | buffer frames |")
+    print("|---|---|---|---|---|---|---|")
+    for label, _, sampler, params, keys in samplers():
+      print(label + memory_columns(sampler, params, keys), flush=True)
+    return
   print("| model | frames | ar_step | kv_cache | model calls | frames/call | compile s | s/video |"
         " ms/frame |")
   print("|---|---|---|---|---|---|---|---|---|")
-  builders = {"demo": demo.get_config, "paper": paper_config}
-  for name in _MODELS.value:
-    config = builders[name]()
-    config.sampling.num_steps = 50
-    model = build_model(config)
-    params = random_params(model, config)
-    for case in _CASES.value.split(","):
-      frames, ar_step = (int(v) for v in case.split(":"))
-      for mode in _KV.value:
-        config.sampling.ar_step = ar_step
-        config.sampling.kv_cache = mode != "off"
-        config.sampling.kv_cache_mode = "exact" if mode == "off" else mode
-        sampler = sampling.make_sampler(model, config, num_frames=frames)
-        keys = jax.random.split(jax.random.key(0), _VIDEOS.value)
-        t0 = time.perf_counter()
-        compiled = jax.jit(sampler.fn).lower(params, keys, None, None).compile()
-        t1 = time.perf_counter()
-        jax.block_until_ready(compiled(params, keys, None, None))
-        dt = (time.perf_counter() - t1) / _VIDEOS.value
-        print(f"| {name} | {frames} | {ar_step} | {mode} |"
-              f" {sampler.num_model_calls} | {sampler.frames_per_call.mean():.1f} |"
-              f" {t1 - t0:.1f} | {dt:.2f} | {1000 * dt / frames:.1f} |", flush=True)
-
-
-def main_memory():
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {_VIDEOS.value} videos per batch")
-  print("| model | frames | ar_step | kv_cache | whole video: buffers / program MiB |"
-        " stream segment: buffers / program MiB | buffer frames |")
-  print("|---|---|---|---|---|---|---|")
-  builders = {"demo": demo.get_config, "paper": paper_config}
-  for name in _MODELS.value:
-    config = builders[name]()
-    config.sampling.num_steps = 50
-    model = build_model(config)
-    params = random_params(model, config)
-    keys = jax.random.split(jax.random.key(0), _VIDEOS.value)
-    for case in _CASES.value.split(","):
-      frames, ar_step = (int(v) for v in case.split(":"))
-      for mode in _KV.value:
-        config.sampling.ar_step = ar_step
-        config.sampling.kv_cache = mode != "off"
-        config.sampling.kv_cache_mode = "exact" if mode == "off" else mode
-        sampler = sampling.make_sampler(model, config, num_frames=frames)
-        print(memory_row(name, frames, ar_step, mode, sampler, params, keys), flush=True)
-
+  for label, frames, sampler, params, keys in samplers():
+    t0 = time.perf_counter()
+    compiled = jax.jit(sampler.fn).lower(params, keys, None, None).compile()
+    t1 = time.perf_counter()
+    jax.block_until_ready(compiled(params, keys, None, None))
+    dt = (time.perf_counter() - t1) / _VIDEOS.value
+    print(f"{label} {sampler.num_model_calls} | {sampler.frames_per_call.mean():.1f} |"
+          f" {t1 - t0:.1f} | {dt:.2f} | {1000 * dt / frames:.1f} |", flush=True)
 
 if __name__ == "__main__":
   app.run(main)
