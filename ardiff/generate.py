@@ -19,7 +19,6 @@ from absl import logging
 import imageio.v2 as imageio_v2
 import imageio.v3 as iio
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import tqdm
@@ -86,7 +85,7 @@ class StreamDecoder:
     self.decode, self.context, self.before = decode, context, None
 
   def __call__(self, tokens: np.ndarray) -> np.ndarray:
-    if not self.context and self.context is not None:
+    if self.context == 0:  # the per-frame decoder (pixel patches too)
       return self.decode(tokens)
     n = tokens.shape[1]
     if self.before is not None:
@@ -96,14 +95,13 @@ class StreamDecoder:
     return self.decode(tokens)[:, -n:]
 
 
-def stream_decoder(config) -> StreamDecoder:
-  """The StreamDecoder of config's tokens (pixel patches, or the stage-1 decoder's latents)."""
+def decoder_context(config) -> int | None:
+  """decoder_context_frames of config's tokens: 0 for pixel patches, else that of the stage-1
+  run that decodes its latents (read from its config.json)."""
   workdir = decoder_workdir(config)
   if workdir is None:
-    return StreamDecoder(functools.partial(tokens_to_video, config), 0)
-  run_config = checkpoint.run_config(workdir)
-  return StreamDecoder(functools.partial(tokens_to_video, config),
-                       decoder_context_frames(run_config.autoencoder))
+    return 0
+  return decoder_context_frames(checkpoint.run_config(workdir).autoencoder)
 
 
 def sample_labels(config, num_videos: int) -> np.ndarray | None:
@@ -145,9 +143,7 @@ def generate(config, params, num_videos: int, *, progress: bool = True) -> np.nd
   for idx, keys, labels, prefix in tqdm.tqdm(
       batches, total=-(-num_videos // config.sampling.batch_size), desc="sampling",
       disable=not progress):
-    out = sampler({"params": params}, keys, labels, prefix)
-    if not out.is_fully_addressable:  # sharded across hosts: every process gets all videos
-      out = multihost_utils.process_allgather(out, tiled=True)
+    out = sampling.to_host(sampler({"params": params}, keys, labels, prefix))
     videos.append(tokens_to_video(config, out)[: len(idx)])
   return np.concatenate(videos)
 
@@ -157,8 +153,10 @@ def generate_stream(config, params, num_videos: int, *, segment_frames: int | No
   frame, uint8 frames [len(videos), n, H, W, 3]), batch after batch, each batch's frames in
   order (Sampler.stream; segment_frames: how far its window moves per segment)."""
   sampler, batches = _batches(config, num_videos)
+  context = decoder_context(config)
   for idx, keys, labels, prefix in batches:
-    decode = stream_decoder(config)
+    # A new decoder per batch: the context it keeps is of this batch's videos.
+    decode = StreamDecoder(functools.partial(tokens_to_video, config), context)
     for first, tokens in sampler.stream({"params": params}, keys, labels, prefix, segment_frames):
       yield idx, first, decode(tokens)[: len(idx)]
 
@@ -169,8 +167,8 @@ class SampleWriter:
   grid.png from the evenly spaced frames as they pass, and the GIFs (which need every frame)
   only for videos of at most gif_max_frames frames."""
 
-  def __init__(self, directory: str, num_videos: int, num_frames: int, frame_shape, fps: float = 8.0,
-               gif_max_frames: int = 256):
+  def __init__(self, directory: str, num_videos: int, num_frames: int, frame_shape,
+               fps: float = 8.0, gif_max_frames: int = 256):
     os.makedirs(directory, exist_ok=True)
     self.directory, self.fps, self.num_frames = directory, fps, num_frames
     self.paths = {"grid_png": os.path.join(directory, "grid.png"),

@@ -126,10 +126,10 @@ class Sampler:
       rows = sampling_plan.segment_rows(self.schedule, self.plan, begin, end, start,
                                         plan.buffer_frames)
       if start > offset:  # the frames before the window, finished in the last segment
-        yield offset, _to_host(carry[0])[:, : start - offset]
+        yield offset, to_host(carry[0])[:, : start - offset]
       carry = self.segment(params, rngs, labels, carry, rows, start - offset, start)
       offset = start
-    yield offset, _to_host(carry[0])[:, : self.schedule.steps.shape[1] - offset]
+    yield offset, to_host(carry[0])[:, : self.schedule.steps.shape[1] - offset]
 
   def num_model_calls_for(self, labels_given: bool) -> int:
     """Model evaluations per video: two per call when guided and labels are given, else one
@@ -149,8 +149,9 @@ class Sampler:
     return self.plan.computed_frames
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  """A (possibly sharded across processes) array as numpy, whole, in every process."""
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly sharded across processes) array as numpy, whole, in every process: what the
+  sampler's videos become before they are decoded and written."""
   if not x.is_fully_addressable:
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(x)

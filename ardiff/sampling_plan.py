@@ -175,8 +175,9 @@ def segment_rows(schedule: timesteps.ADSchedule, plan: CachePlan | None, begin: 
   # The steps before each call: the row before it (the schedule's initial steps before call 0).
   before = schedule.steps[max(begin - 1, 0):end - 1]
   if begin == 0:
-    first = np.zeros_like(schedule.steps[:1]) if schedule.initial is None else schedule.initial[None]
-    before = np.concatenate([first, before])
+    first = schedule.initial
+    first = np.zeros_like(schedule.steps[0]) if first is None else first
+    before = np.concatenate([first[None], before])
   rows = dict(prev=frames(before), new=frames(schedule.steps[begin:end]),
               window_start=schedule.window_start[begin:end] - offset,
               call=np.arange(begin, end))

@@ -86,7 +86,8 @@ def time_train(depth: int) -> tuple[Timer, Timer]:
       ),
       "label": jnp.zeros((b,), jnp.int32),
   }
-  step = train.jit_train_step(config, mesh, model, tx, train.batch_shardings(config, mesh, latents=True))
+  step = train.jit_train_step(config, mesh, model, tx,
+                              train.batch_shardings(config, mesh, latents=True))
   # Compiled against the abstract state: the compile time does not wait for the 13 GB state.
   abstract = train_state.abstract_state(config, mesh, model, tx)
   with Timer() as compile_t, sharding.mesh_context(config, mesh):

@@ -50,7 +50,8 @@ def sincos_positions(num_tokens: int, dim: int) -> np.ndarray:
   side = int(round(np.sqrt(num_tokens)))
   if side * side == num_tokens and dim % 4 == 0:
     rows, cols = np.divmod(np.arange(num_tokens), side)
-    return np.concatenate([one_axis(rows, dim // 2), one_axis(cols, dim // 2)], 1).astype(np.float32)
+    table = np.concatenate([one_axis(rows, dim // 2), one_axis(cols, dim // 2)], axis=1)
+    return table.astype(np.float32)
   if dim % 2:
     raise ValueError(f"sincos token positions need an even hidden_size, not {dim}.")
   return one_axis(np.arange(num_tokens), dim).astype(np.float32)
@@ -109,8 +110,9 @@ class Block(nn.Module):
     vectors of the context (its row unused when n = 0) and of each frame. kv_prefix: (k, v)
     [B, P, H, Dh] of P earlier tokens (the KV cache), or None (P = 0); cos, sin [S, Dh / 2];
     mask bool [S, P + S], or None for a full pass without cached keys (the window or the
-    context alone), whose frame-causal mask the block derives from the shapes. Returns x and the own (k, v) [B, S, H, Dh] in `dtype` (keys
-    rotated); where nothing reads them (training) XLA drops them from the scan.
+    context alone), whose frame-causal mask the block derives from the shapes. Returns x and
+    the own (k, v) [B, S, H, Dh] in `dtype` (keys rotated); where nothing reads them
+    (training) XLA drops them from the scan.
     """
     l = self.tokens_per_frame
     n = x.shape[1] - (c.shape[1] - 1) * l
