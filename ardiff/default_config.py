@@ -102,6 +102,7 @@ def get_default_config() -> mc.ConfigDict:
   # Init of the learned token-in-frame position (RoPE covers the frame index only): "normal"
   # (N(0, 0.02^2)) or "sincos" (DiT's 2D sine-cosine table; 1D for latent tokens).
   c.model.token_position_init = "normal"
+  c.model.rope_axes = "frame"  # frame | frame_row_col (axial RoPE over the patch grid too)
   # Rematerialise each block in training (recompute its forward pass in the backward pass).
   c.model.remat = False
   # What remat keeps (ardiff/models/dit.py REMAT_POLICIES, jax.checkpoint_policies):

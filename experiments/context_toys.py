@@ -3,6 +3,7 @@ r"""Two small experiments on whether the causal DiT learns to use the frames bef
 
   python -m experiments.context_toys --toy=copy [--token_position_init=sincos] [--steps=400]
   python -m experiments.context_toys --toy=static [--train_timesteps=fopp] [--steps=1500]
+  (either with [--rope_axes=frame_row_col]: RoPE over the patch grid too)
 
 - copy: a plain regression on random inputs whose target for frame f is the input of frame
   f - 1 (all timesteps 0, Adam 1e-3): the model must attend to the same token position in the
@@ -36,16 +37,19 @@ _TOY = flags.DEFINE_enum("toy", "copy", ["copy", "static"], "Which experiment.")
 _STEPS = flags.DEFINE_integer("steps", 400, "Training steps.")
 _POSITION_INIT = flags.DEFINE_string("token_position_init", "normal", "model.token_position_init.")
 _TIMESTEPS = flags.DEFINE_string("train_timesteps", "fopp", "config.train_timesteps (static).")
+_ROPE_AXES = flags.DEFINE_string("rope_axes", "frame", "model.rope_axes.")
 
 BATCH = 16
 
 
-def toy_config(position_init: str = "normal", train_timesteps: str = "fopp"):
+def toy_config(position_init: str = "normal", train_timesteps: str = "fopp",
+               rope_axes: str = "frame"):
   c = tiny.get_config()
   c.global_batch_size = BATCH
   c.optimizer.learning_rate = 1e-3
   c.model.hidden_size, c.model.depth, c.model.num_heads = 96, 2, 4
   c.model.token_position_init = position_init
+  c.model.rope_axes = rope_axes
   c.train_timesteps = train_timesteps
   c.mesh.shape = (1, 1, 1)
   return c
@@ -103,7 +107,7 @@ def static_clips_gain(config, steps: int) -> dict:
 
 def main(argv):
   del argv
-  config = toy_config(_POSITION_INIT.value, _TIMESTEPS.value)
+  config = toy_config(_POSITION_INIT.value, _TIMESTEPS.value, _ROPE_AXES.value)
   if _TOY.value == "copy":
     for step, loss in copy_previous_frame(config, _STEPS.value):
       print(f"step {step}: MSE {loss:.4f}")

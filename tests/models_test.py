@@ -276,3 +276,56 @@ def test_sincos_token_positions():
   c.model.token_position_init = "learned"
   with pytest.raises(ValueError, match="token_position_init"):
     build_model(c).init(jax.random.key(0), x, t, None)
+
+
+def test_axial_rope_angles_and_relative_scores():
+  # layers.rope_angles over (frame, row, column): each axis rotates its own share of the head
+  # (here 8, 4, 4 of 16 dimensions) with its own frequency ladder; checked against the formula
+  # written out slot by slot, and the rotated scores q.k depend only on position differences.
+  from ardiff.models import layers  # noqa: PLC0415
+
+  dh, theta = 16, 100.0
+  pos = np.array([[0, 0, 0], [2, 1, 3], [5, 3, 1], [1, 2, 2]])
+  cos, sin = layers.rope_angles(jnp.asarray(pos), dh, theta, (8, 4, 4))
+  slots = [(0, theta ** (-2 * j / 8)) for j in range(4)]
+  slots += [(a, theta ** (-2 * j / 4)) for a in (1, 2) for j in range(2)]
+  angles = np.array([[p[a] * f for a, f in slots] for p in pos])
+  np.testing.assert_allclose(cos, np.cos(angles), atol=1e-6)
+  np.testing.assert_allclose(sin, np.sin(angles), atol=1e-6)
+  # One axis over the whole head is the 1D RoPE the frame-only model uses.
+  one = layers.rope_angles(jnp.asarray(pos[:, 0]), dh, theta)
+  np.testing.assert_allclose(layers.rope_angles(jnp.asarray(pos[:, :1]), dh, theta, (dh,))[0],
+                             one[0])
+
+  q, k = jax.random.normal(jax.random.key(0), (2, 1, len(pos), 1, dh))
+
+  def scores(p):
+    c, s = layers.rope_angles(jnp.asarray(p), dh, theta, (8, 4, 4))
+    rq, rk = layers.apply_rope(q, c, s)[0, :, 0], layers.apply_rope(k, c, s)[0, :, 0]
+    return np.asarray(rq @ rk.T)
+
+  np.testing.assert_allclose(scores(pos + np.array([3, 1, 2])), scores(pos), atol=1e-4)
+  moved = pos.copy()
+  moved[1, 2] += 1  # one token one column over: its scores change
+  assert np.abs(scores(moved) - scores(pos))[1].max() > 1e-2
+  with pytest.raises(ValueError, match="sum to head_dim"):
+    layers.rope_angles(jnp.asarray(pos), dh, theta, (8, 4, 2))
+
+
+def test_rope_over_the_patch_grid():
+  # model.rope_axes = "frame_row_col": a token's row and column in its frame rotate a quarter of
+  # each head each; it changes the function (same parameters, different output), the frame-only
+  # path is the default, and a frame without a square token grid (latents) is refused.
+  c = tiny.get_config()
+  model, variables, x, t, _ = setup_model()
+  c.model.rope_axes = "frame_row_col"
+  axial = build_model(c)
+  out_axial, out_frame = axial.apply(variables, x, t, None), model.apply(variables, x, t, None)
+  assert out_axial.shape == out_frame.shape
+  assert np.abs(out_axial - out_frame).max() > 1e-3
+  c.model.tokens_per_frame, c.model.in_channels = 32, 4  # 1D latent tokens
+  with pytest.raises(ValueError, match="square grid"):
+    build_model(c).init(jax.random.key(0), jnp.ones((1, 4, 32, 4)), t[:1], None)
+  c.model.rope_axes = "xyz"
+  with pytest.raises(ValueError, match="rope_axes"):
+    build_model(c).init(jax.random.key(0), jnp.ones((1, 4, 32, 4)), t[:1], None)

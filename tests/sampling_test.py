@@ -51,8 +51,10 @@ def random_params(model, scale=None, seed=1):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model(num_classes=0):
-  model = build_model(tiny_config(num_classes))
+def tiny_model(num_classes=0, rope_axes="frame"):
+  config = tiny_config(num_classes)
+  config.model.rope_axes = rope_axes
+  model = build_model(config)
   return model, random_params(model)
 
 
@@ -133,12 +135,13 @@ def count_compiles():
 # The model's cached pass.
 
 
-def test_decode_with_cached_kv_matches_the_full_forward():
+@pytest.mark.parametrize("rope_axes", ["frame", "frame_row_col"])
+def test_decode_with_cached_kv_matches_the_full_forward(rope_axes):
   # Also with models_test's all-random weights: one call, no denoising loop to amplify.
   x = jnp.asarray(np.random.default_rng(2).standard_normal((B, 4, L, C)), jnp.float32)
   t = jnp.array([[0, 0, 40, 99], [0, 3, 3, 70]])
   labels = jnp.array([1, 4])
-  model, _ = tiny_model(num_classes=5)
+  model, _ = tiny_model(num_classes=5, rope_axes=rope_axes)
   params = random_params(model, scale=0.3)  # as models_test.randomized
 
   @functools.partial(jax.jit, compiler_options=FAST)
@@ -461,16 +464,18 @@ def test_rolling_plan_computes_each_finished_frame_once():
 
 
 @pytest.mark.parametrize(
-    "num_frames,ar_step,prefix_frames,deep_differs",
-    [(12, 2, 0, True), (10, 4, 3, True), (12, 0, 0, False)],
+    "num_frames,ar_step,prefix_frames,deep_differs,rope_axes",
+    [(12, 2, 0, True, "frame"), (10, 4, 3, True, "frame_row_col"), (12, 0, 0, False, "frame")],
 )
-def test_rolling_cache_is_exact_for_one_layer(num_frames, ar_step, prefix_frames, deep_differs):
+def test_rolling_cache_is_exact_for_one_layer(num_frames, ar_step, prefix_frames, deep_differs,
+                                              rope_axes):
   # With one layer a frame's keys and values depend on that frame alone, so keeping them as the
   # window slides changes nothing: rolling equals exact (keys rotated to their new slots). With
   # two layers they depend on the frames before them in view, and rolling differs, except at
   # ar_step 0, where each chunk's frames finish together and enter the cache in the window that
   # then uses them (the window has already moved on when they are computed clean).
   config = tiny_config(ar_step=ar_step)
+  config.model.rope_axes = rope_axes
   prefix = jax.random.normal(jax.random.key(5), (B, prefix_frames, L, C)) if prefix_frames else None
   outs = {}
   for depth in (1, 2):
@@ -492,9 +497,11 @@ def test_rolling_cache_is_exact_for_one_layer(num_frames, ar_step, prefix_frames
     assert_close(outs[2, "rolling"], outs[2, "exact"])
 
 
-def test_shift_keys_moves_keys_to_another_position():
-  # RoPE composes: a key computed at position p and shifted by m equals it computed at p - m.
-  model, params = tiny_model()
+@pytest.mark.parametrize("rope_axes", ["frame", "frame_row_col"])
+def test_shift_keys_moves_keys_to_another_position(rope_axes):
+  # RoPE composes: a key computed at position p and shifted by m equals it computed at p - m
+  # (with the axial RoPE, in the frame index only: rows and columns stay).
+  model, params = tiny_model(rope_axes=rope_axes)
   x = jax.random.normal(jax.random.key(0), (1, 1, L, C))
   t = jnp.full((1, 1), 10, jnp.int32)
   no_prefix = tuple(jnp.zeros((2, 1, 0) + s, jnp.float32) for s in [(2, 16)] * 2)

@@ -38,6 +38,7 @@ def build_model(config) -> VideoDiT | ReferenceDiT:
       context_attends_video=m.context_attends_video,
       rope_theta=m.rope_theta,
       token_position_init=m.get("token_position_init", "normal"),
+      rope_axes=m.get("rope_axes", "frame"),
       attention_impl=m.attention_impl,
       **common,
   )

@@ -39,6 +39,9 @@ def attention_mask(
   return np.asarray(mask, bool)
 
 
+ROPE_AXES = ("frame", "frame_row_col")
+
+
 def sincos_positions(num_tokens: int, dim: int) -> np.ndarray:
   """float32 [num_tokens, dim]: sine-cosine position codes (DiT/MAE), 2D over a square grid of
   tokens (half the channels for rows, half for columns), else 1D over the token index."""
@@ -170,6 +173,11 @@ class VideoDiT(nn.Module):
   # sine-cosine table of DiT/MAE over the frame's patch grid, 1D for latent tokens; RoPE covers
   # only the frame index, so this is all a token knows of where it sits in its frame).
   token_position_init: str = "normal"
+  # What RoPE rotates by: "frame" (the frame index over the whole head) or "frame_row_col"
+  # (axial: half the head by the frame index, a quarter each by the token's row and column in
+  # its frame's patch grid), which gives attention the relative position in the frame too, so
+  # "the same place in the frame before" is there from the start instead of learned.
+  rope_axes: str = "frame"
   remat: bool = False
   remat_policy: str = "nothing_saveable"  # a key of REMAT_POLICIES
   attention_impl: str = "xla"  # ardiff/models/attention.py
@@ -201,6 +209,15 @@ class VideoDiT(nn.Module):
     else:
       raise ValueError(f"model.token_position_init={self.token_position_init!r}: 'normal' or"
                        " 'sincos'.")
+    if self.rope_axes not in ROPE_AXES:
+      raise ValueError(f"model.rope_axes={self.rope_axes!r}: one of {ROPE_AXES}.")
+    if self.rope_axes == "frame_row_col":
+      side = int(round(np.sqrt(self.tokens_per_frame)))
+      if side * side != self.tokens_per_frame or (self.hidden_size // self.num_heads) % 8:
+        raise ValueError(
+            "model.rope_axes='frame_row_col' needs a square grid of patch tokens per frame and a"
+            f" head size divisible by 8, not {self.tokens_per_frame} tokens and head size"
+            f" {self.hidden_size // self.num_heads}; use 'frame' (latent tokens have no grid).")
     self.token_position = self.param(
         "token_position", named(position_init, ("tokens", "embed")), (self.tokens_per_frame, d),
         self.param_dtype,
@@ -289,8 +306,16 @@ class VideoDiT(nn.Module):
     c = self.context_conditioning.astype(jnp.float32)
     return jnp.broadcast_to(c, (batch_size, 1, self.hidden_size))
 
-  def _rope(self, positions):
-    return layers.rope_angles(positions, self.hidden_size // self.num_heads, self.rope_theta)
+  def _rope(self, frames, tokens=None):
+    """cos, sin for tokens at frame indices [S] and token-in-frame indices [S] (None: the
+    conditioning tokens, or a pure shift in time: no rotation by row and column)."""
+    dh = self.hidden_size // self.num_heads
+    if self.rope_axes == "frame":
+      return layers.rope_angles(frames, dh, self.rope_theta)
+    side = int(round(np.sqrt(self.tokens_per_frame)))
+    rows, cols = (jnp.zeros_like(frames),) * 2 if tokens is None else jnp.divmod(tokens, side)
+    positions = jnp.stack([frames, rows, cols], axis=-1)
+    return layers.rope_angles(positions, dh, self.rope_theta, (dh // 2, dh // 4, dh // 4))
 
   def __call__(self, x, t, labels=None):
     self._check_input(x)
@@ -301,7 +326,8 @@ class VideoDiT(nn.Module):
     c_frames = self.timestep_embedding(t)  # [B, F, D]
     cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + F, D]
 
-    cos, sin = self._rope(jnp.asarray(token_positions(nc, f, l)))
+    in_frame = np.concatenate([np.zeros(nc, np.int32), np.tile(np.arange(l, dtype=np.int32), f)])
+    cos, sin = self._rope(jnp.asarray(token_positions(nc, f, l)), jnp.asarray(in_frame))
     seq, _ = self.blocks(seq, None, cond, cos, sin, None)  # [B, S, D]; the blocks make the mask
 
     shift, scale = jnp.split(per_token(self.final_adaLN(nn.silu(cond)), nc, l), 2, axis=-1)
@@ -347,7 +373,7 @@ class VideoDiT(nn.Module):
     # The blocks' layout: a context row first, whose tokens (none here) it would condition.
     cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + Q, D]
     pos = jnp.repeat(jnp.asarray(positions, jnp.int32), l)  # [Q * L]
-    cos, sin = self._rope(pos)
+    cos, sin = self._rope(pos, jnp.tile(jnp.arange(l, dtype=jnp.int32), q))
     own = pos[None, :] <= pos[:, None]
     prefix = jnp.broadcast_to(prefix_valid[None, :], (q * l, prefix_valid.shape[0]))
     mask = jnp.concatenate([prefix, own], axis=1)  # [Q * L, P + Q * L]

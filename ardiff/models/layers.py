@@ -55,10 +55,21 @@ class TimestepEmbedder(nn.Module):
     )(h)
 
 
-def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-  """cos, sin [S, head_dim // 2] for integer positions [S]."""
-  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+def rope_angles(positions: jax.Array, head_dim: int, theta: float,
+                axis_dims: tuple[int, ...] | None = None) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [S, head_dim // 2] for integer positions [S], or [S, A] along A axes (axial RoPE):
+  axis a then rotates axis_dims[a] of the head's dimensions (they sum to head_dim) with its
+  own geometric ladder of frequencies, as 1D RoPE does over a head of that size."""
+  if axis_dims is None:
+    positions, axis_dims = positions[:, None], (head_dim,)
+  if sum(axis_dims) != head_dim or any(d % 2 for d in axis_dims):
+    raise ValueError(f"RoPE axis dims {axis_dims} must be even and sum to head_dim={head_dim}.")
+  angles = [
+      positions[:, a].astype(jnp.float32)[:, None]
+      * (1.0 / theta ** (np.arange(0, d, 2, dtype=np.float32) / d))[None, :]
+      for a, d in enumerate(axis_dims)
+  ]
+  angles = jnp.concatenate(angles, axis=1)
   return jnp.cos(angles), jnp.sin(angles)
 
 
