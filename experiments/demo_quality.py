@@ -16,8 +16,8 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
   cache costs in quality).
 - Context gain (metrics.context_gain): on 64 real clips of the window's length, the MSE of the
-  model's one-step x0 estimate of frame 8 noised to t (400, 600, 800) with the 8 frames before
-  it noised alike, over the same with them clean. About 1: the model does not use the frames
+  model's one-step x0 estimate of frame 8 (the last frame of a shorter window) noised to t
+  (400, 600, 800) with the frames before it noised alike, over the same with them clean. About 1: the model does not use the frames
   before (it cannot carry a digit over from them, and long rollouts break up); a model that
   does scores well above 1.
 
@@ -74,6 +74,11 @@ def with_sampling(config, **fields) -> ml_collections.ConfigDict:
   return c
 
 
+def context_frame(config) -> int:
+  """The frame the context gain scores: frame 8, or the window's last for a shorter window."""
+  return min(CONTEXT_FRAME, config.model.num_frames - 1)
+
+
 def context_gains(config, params) -> dict:
   """metrics.context_gain of the model on real clips of its window, per timestep."""
   model = build_model(config)
@@ -82,7 +87,7 @@ def context_gains(config, params) -> dict:
   apply = jax.jit(lambda x, t: model.apply({"params": params}, x, t, None))
   sched = diffusion.schedule_from_config(config.diffusion)
   return {str(t): metrics.context_gain(apply, sched, config.diffusion.parameterization, x0, t,
-                                       CONTEXT_FRAME, jax.random.key(config.eval.seed))
+                                       context_frame(config), jax.random.key(config.eval.seed))
           for t in CONTEXT_TIMESTEPS}
 
 
@@ -127,6 +132,7 @@ def main(argv):
     iio.imwrite(os.path.join(_OUT.value, "demo_long.png"), strip(long, 16))
 
   results["context_gain"] = context_gains(config, params)
+  results["context_frame"] = context_frame(config)
 
   path = os.path.join(_OUT.value, "demo_quality.json")
   with open(path, "w") as f:
@@ -140,7 +146,7 @@ def main(argv):
     print(f"| persistence, {frames} frames, {mode} cache | {results[f'persistence_{mode}']:.3f} |"
           f" {results['persistence_real']:.3f} | about the real one |")
   for t, g in results["context_gain"].items():
-    print(f"| context gain, frame {CONTEXT_FRAME} at t = {t} (x0 MSE, earlier frames noisy /"
+    print(f"| context gain, frame {results['context_frame']} at t = {t} (x0 MSE, earlier frames noisy /"
           f" clean) | {g['gain']:.3f} | | well above 1 |")
   if "long_persistence" in results:
     print(f"| persistence, {LONG_FRAMES} frames frame by frame from {LONG_PREFIX} real |"

@@ -160,12 +160,13 @@ def test_persistence_fails_a_fading_video():
 
 def test_context_toys():
   # experiments/context_toys.py: the DiT learns to copy the previous frame's token at the same
-  # position (measured: MSE 0.015 after 300 steps with the sin-cos position init, against 1.0
-  # for nothing learned); the static-clip experiment runs the real train step and reports the
-  # context gain.
+  # position (measured: MSE 0.004 after 300 steps with the axial RoPE, 0.015 with the sin-cos
+  # position init, against 1.0 for nothing learned and 0.95 after 400 steps with neither); the
+  # static-clip experiment runs the real train step and reports the context gain.
   from experiments import context_toys  # noqa: PLC0415
 
-  log = context_toys.copy_previous_frame(context_toys.toy_config("sincos"), 300)
+  log = context_toys.copy_previous_frame(context_toys.toy_config(rope_axes="frame_row_col"), 300)
   assert log[0][1] > 0.9 and log[-1][1] < 0.1
   gains = context_toys.static_clips_gain(context_toys.toy_config(), 2)
   assert set(gains) == {400, 800} and all(np.isfinite(g["gain"]) for g in gains.values())
+
