@@ -4,6 +4,8 @@ r"""Speed of the reference's PyTorch code (iva-mzsun/AR-Diffusion) next to ardif
   pip install einops omegaconf timm rotary_embedding_torch accelerate
   python -m benchmarks.reference_pytorch --ref_src=PATH [--threads=2] [--videos=1,4] [--steps=5]
   python -m benchmarks.reference_pytorch --ref_src=PATH --quick  # tiny shapes, about a minute
+  python -m benchmarks.reference_pytorch --ref_src=PATH --what=sample --videos=4 \
+      --sample_cases=large:50  # one row of the table
 
 PATH is a checkout of the reference repository (its files, e.g. `git archive HEAD | tar -x`).
 torch is not a dependency of ardiff and this is not run in CI. Both sides run float32 on the
@@ -76,6 +78,8 @@ _REMAT = flags.DEFINE_string(
     "ardiff_remat_policy", None,
     "Train ardiff's step with model.remat and this policy (e.g. dots_with_no_batch_dims_saveable:"
     " on a CPU, recomputing attention costs less than storing it); default: no remat.")
+_SAMPLE_CASES = flags.DEFINE_list(
+    "sample_cases", [], "Only these sampling rows, as model:ar_step (e.g. large:50); all if empty.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny shapes: checks that the script runs (a minute or two).")
 
 # (hidden size, layers, heads) of the two models; "small" is DiT-S's width at 6 layers,
@@ -370,6 +374,8 @@ def main(argv):
   if "sample" in _WHAT.value:
     for videos in (int(v) for v in _VIDEOS.value):
       for name, ar_step in SAMPLE_CASES:
+        if _SAMPLE_CASES.value and f"{name}:{ar_step}" not in _SAMPLE_CASES.value:
+          continue
         size, ar_step = sizes[name], min(ar_step, num_steps)  # --quick: 50 = frame by frame
         ref_s, ref_calls = ref.time_sample(size, videos, frames, tokens, num_steps, ar_step)
         config = ardiff_config(size, frames, tokens, 1, num_steps)
