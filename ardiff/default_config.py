@@ -99,8 +99,9 @@ def get_default_config() -> mc.ConfigDict:
   c.model.dtype = "float32"
   c.model.param_dtype = "float32"
   c.model.rope_theta = 10_000.0
-  # Init of the learned token-in-frame position (RoPE covers the frame index only): "normal"
-  # (N(0, 0.02^2)) or "sincos" (DiT's 2D sine-cosine table; 1D for latent tokens).
+  # Init of the learned token-in-frame position (RoPE covers the frame index only, unless
+  # rope_axes below): "normal" (N(0, 0.02^2)) or "sincos" (DiT's 2D sine-cosine table; 1D for
+  # latent tokens).
   c.model.token_position_init = "normal"
   c.model.rope_axes = "frame"  # frame | frame_row_col (axial RoPE over the patch grid too)
   # Rematerialise each block in training (recompute its forward pass in the backward pass).

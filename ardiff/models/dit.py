@@ -170,8 +170,9 @@ class VideoDiT(nn.Module):
   context_attends_video: bool = False
   rope_theta: float = 10_000.0
   # Init of the learned token-in-frame position: "normal" (N(0, 0.02^2)) or "sincos" (the 2D
-  # sine-cosine table of DiT/MAE over the frame's patch grid, 1D for latent tokens; RoPE covers
-  # only the frame index, so this is all a token knows of where it sits in its frame).
+  # sine-cosine table of DiT/MAE over the frame's patch grid, 1D for latent tokens; with the
+  # default rope_axes RoPE covers only the frame index, so this is all a token knows of where it
+  # sits in its frame).
   token_position_init: str = "normal"
   # What RoPE rotates by: "frame" (the frame index over the whole head) or "frame_row_col"
   # (axial: half the head by the frame index, a quarter each by the token's row and column in
