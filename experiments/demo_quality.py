@@ -11,15 +11,15 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
   the last 8 frames over that of the first 8, generated and real. A video whose digits fade or
   dissolve scores well below the real ratio (about 1: digits bounce and stay in the frame).
 - Long rollouts: --long_videos videos of 128 frames generated frame by frame (ar_step =
-  num_steps; --long_ar_step=3 for the demo's AD schedule instead) from a 4-frame real prefix: their persistence (last 8 frames over the 8 after the
-  prefix), and a picture.
+  num_steps; --long_ar_step=3 for the demo's AD schedule instead) from a 4-frame real prefix:
+  their persistence (last 8 frames over the 8 after the prefix), and a picture.
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
   cache costs in quality).
 - Context gain (metrics.context_gain): on 64 real clips of the window's length, the MSE of the
   model's one-step x0 estimate of frame 8 (the last frame of a shorter window) noised to t
-  (400, 600, 800) with the frames before it noised alike, over the same with them clean. About 1: the model does not use the frames
-  before (it cannot carry a digit over from them, and long rollouts break up); a model that
-  does scores well above 1.
+  (400, 600, 800) with the frames before it noised alike, over the same with them clean. About
+  1: the model does not use the frames before (it cannot carry a digit over from them, and long
+  rollouts break up); a model that does scores well above 1.
 
 Writes <out>/demo_quality.json (every number, with the settings), <out>/demo_samples.png
 (rows: 48-frame samples, 12 evenly spaced frames), <out>/demo_long.png (rows: 128-frame
@@ -126,7 +126,9 @@ def main(argv):
       iio.imwrite(os.path.join(_OUT.value, "demo_samples.png"), strip(fake, 12))
 
   if _LONG_VIDEOS.value:
-    long_ar_step = _LONG_AR_STEP.value or config.sampling.num_steps
+    long_ar_step = _LONG_AR_STEP.value
+    if long_ar_step is None:  # (0, synchronous, is a schedule of its own)
+      long_ar_step = config.sampling.num_steps
     c = with_sampling(config, num_frames=LONG_FRAMES, ar_step=long_ar_step,
                       prefix_frames=LONG_PREFIX)
     long = generate.generate(c, params, _LONG_VIDEOS.value)
@@ -150,8 +152,8 @@ def main(argv):
     print(f"| persistence, {frames} frames, {mode} cache | {results[f'persistence_{mode}']:.3f} |"
           f" {results['persistence_real']:.3f} | about the real one |")
   for t, g in results["context_gain"].items():
-    print(f"| context gain, frame {results['context_frame']} at t = {t} (x0 MSE, earlier frames noisy /"
-          f" clean) | {g['gain']:.3f} | | well above 1 |")
+    print(f"| context gain, frame {results['context_frame']} at t = {t} (x0 MSE, earlier frames"
+          f" noisy / clean) | {g['gain']:.3f} | | well above 1 |")
   if "long_persistence" in results:
     how = ("frame by frame" if results["long_ar_step"] == config.sampling.num_steps
            else f"at ar_step {results['long_ar_step']}")

@@ -169,4 +169,3 @@ def test_context_toys():
   assert log[0][1] > 0.9 and log[-1][1] < 0.1
   gains = context_toys.static_clips_gain(context_toys.toy_config(), 2)
   assert set(gains) == {400, 800} and all(np.isfinite(g["gain"]) for g in gains.values())
-

@@ -66,6 +66,13 @@ def token_positions(num_context: int, num_frames: int, tokens_per_frame: int) ->
   ).astype(np.int32)
 
 
+def in_frame_positions(num_context: int, num_frames: int, tokens_per_frame: int) -> np.ndarray:
+  """Each token's index in its frame (the conditioning tokens: 0), beside token_positions."""
+  return np.concatenate(
+      [np.zeros(num_context), np.tile(np.arange(tokens_per_frame), num_frames)]
+  ).astype(np.int32)
+
+
 def per_token(v: jax.Array, num_context: int, tokens_per_frame: int) -> jax.Array:
   """[B, 1 + F, D] (context row, then one row per frame) -> [B, Nc + F * L, D].
 
@@ -327,8 +334,8 @@ class VideoDiT(nn.Module):
     c_frames = self.timestep_embedding(t)  # [B, F, D]
     cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + F, D]
 
-    in_frame = np.concatenate([np.zeros(nc, np.int32), np.tile(np.arange(l, dtype=np.int32), f)])
-    cos, sin = self._rope(jnp.asarray(token_positions(nc, f, l)), jnp.asarray(in_frame))
+    cos, sin = self._rope(jnp.asarray(token_positions(nc, f, l)),
+                          jnp.asarray(in_frame_positions(nc, f, l)))
     seq, _ = self.blocks(seq, None, cond, cos, sin, None)  # [B, S, D]; the blocks make the mask
 
     shift, scale = jnp.split(per_token(self.final_adaLN(nn.silu(cond)), nc, l), 2, axis=-1)
@@ -374,7 +381,7 @@ class VideoDiT(nn.Module):
     # The blocks' layout: a context row first, whose tokens (none here) it would condition.
     cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + Q, D]
     pos = jnp.repeat(jnp.asarray(positions, jnp.int32), l)  # [Q * L]
-    cos, sin = self._rope(pos, jnp.tile(jnp.arange(l, dtype=jnp.int32), q))
+    cos, sin = self._rope(pos, jnp.asarray(in_frame_positions(0, q, l)))
     own = pos[None, :] <= pos[:, None]
     prefix = jnp.broadcast_to(prefix_valid[None, :], (q * l, prefix_valid.shape[0]))
     mask = jnp.concatenate([prefix, own], axis=1)  # [Q * L, P + Q * L]
