@@ -26,6 +26,10 @@ def get_default_config() -> mc.ConfigDict:
 
   # Training timestep sampler: fopp | autoregressive | diffusion_forcing | full_sequence.
   c.train_timesteps = "fopp"
+  # FoPP only: the share of clips whose frames before FoPP's pivot are clean (t = 0), the
+  # corner that frame-by-frame rollouts sample from (timesteps.sample_train_timesteps). 0: the
+  # paper's FoPP.
+  c.fopp_clean_prefix_prob = 0.0
   # Start training from the parameters of another run or export (a workdir: its latest
   # checkpoint's EMA parameters, else its export, e.g. one written by `python -m ardiff.convert`)
   # instead of random ones; the optimizer and EMA start afresh. None: from scratch.

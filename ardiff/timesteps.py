@@ -86,7 +86,12 @@ def _sample_backward(key, log_e, pivot, t_pivot):
 
 
 def sample_train_timesteps(
-    rng: jax.Array, kind: str, batch_size: int, num_frames: int, num_timesteps: int
+    rng: jax.Array,
+    kind: str,
+    batch_size: int,
+    num_frames: int,
+    num_timesteps: int,
+    clean_prefix_prob: float = 0.0,
 ) -> jax.Array:
   """Per-frame training timesteps, int32 [batch_size, num_frames] in [0, num_timesteps).
 
@@ -97,6 +102,13 @@ def sample_train_timesteps(
     "autoregressive": uniform over all non-decreasing sequences t_1 <= ... <= t_F.
     "diffusion_forcing": independent uniform t per frame.
     "full_sequence": one t per video (synchronous diffusion).
+
+  clean_prefix_prob (FoPP only): the share of clips whose frames before the pivot are clean
+  (t = 0) instead of drawn backwards; the pivot's t and the later frames are drawn as before, so
+  every sequence stays non-decreasing. FoPP's neighbouring frames have close timesteps, so
+  "finished frames, then one at high noise" -- every step of frame-by-frame generation and each
+  new frame of the AD schedule's sliding window -- is a corner it almost never trains on
+  (docs/demo.md measures what that does to long rollouts). 0: the paper's FoPP.
   """
   shape = (batch_size, num_frames)
   if kind == "full_sequence":
@@ -118,6 +130,10 @@ def sample_train_timesteps(
   pivot = jax.random.randint(k_frame, (batch_size,), 0, num_frames, jnp.int32)
   t_pivot = jax.random.randint(k_t, (batch_size,), 0, num_timesteps, jnp.int32)
   upto_pivot = _sample_backward(k_back, log_e, pivot, t_pivot)
+  if clean_prefix_prob:  # a separate key: the draws of clean_prefix_prob = 0 stay as they were
+    clean = jax.random.uniform(jax.random.fold_in(rng, 1), (batch_size,)) < clean_prefix_prob
+    before = jnp.arange(num_frames)[None, :] < pivot[:, None]
+    upto_pivot = jnp.where(clean[:, None] & before, 0, upto_pivot)
   return _sample_forward(k_fwd, log_s, pivot, upto_pivot)
 
 

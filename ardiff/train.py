@@ -67,6 +67,12 @@ def check_config(config):
     raise ValueError(
         f"config.train_timesteps={config.train_timesteps!r}: use one of {timesteps.TRAIN_SAMPLERS}."
     )
+  if config.fopp_clean_prefix_prob and (
+      config.train_timesteps != "fopp" or not 0 < config.fopp_clean_prefix_prob <= 1):
+    raise ValueError(
+        f"config.fopp_clean_prefix_prob={config.fopp_clean_prefix_prob} needs"
+        " train_timesteps='fopp' and a value in [0, 1]."
+    )
 
 
 def train_step(config, model, tx, state, batch, rng):
@@ -81,7 +87,8 @@ def train_step(config, model, tx, state, batch, rng):
 
   # Per-frame timesteps (FoPP by default), drawn inside the compiled step.
   t = timesteps.sample_train_timesteps(
-      k_t, config.train_timesteps, b, f, config.diffusion.num_timesteps
+      k_t, config.train_timesteps, b, f, config.diffusion.num_timesteps,
+      config.fopp_clean_prefix_prob,
   )
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = diffusion.q_sample(sched, x0, t, noise)

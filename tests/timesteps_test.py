@@ -17,8 +17,9 @@ def nondecreasing_sequences(num_frames, num_timesteps):
   return list(itertools.combinations_with_replacement(range(num_timesteps), num_frames))
 
 
-def exact_fopp_probabilities(num_frames, num_timesteps):
-  """P(sequence) under FoPP's construction, with path counts found by brute-force enumeration."""
+def exact_fopp_probabilities(num_frames, num_timesteps, clean_prefix_prob=0):
+  """P(sequence) under FoPP's construction, with path counts found by brute-force enumeration;
+  with clean_prefix_prob, that share of clips has every frame before the pivot at t = 0."""
   seqs = nondecreasing_sequences(num_frames, num_timesteps)
 
   def ending(f, t):  # non-decreasing t_0..t_f with t_f = t
@@ -27,25 +28,28 @@ def exact_fopp_probabilities(num_frames, num_timesteps):
   def starting(f, t):  # non-decreasing t_f..t_{F-1} with t_f = t
     return sum(1 for s in nondecreasing_sequences(num_frames - f, num_timesteps) if s[0] == t)
 
+  clean_share = Fraction(clean_prefix_prob)
   probs = {}
   for seq in seqs:
     total = Fraction(0)
     for pivot in range(num_frames):
-      p = Fraction(1, num_frames * num_timesteps)
-      for f in range(pivot - 1, -1, -1):
-        norm = sum(ending(f, u) for u in range(seq[f + 1] + 1))
-        p *= Fraction(ending(f, seq[f]), norm)
+      after = Fraction(1, num_frames * num_timesteps)  # the pivot, then the frames after it
       for f in range(pivot + 1, num_frames):
         norm = sum(starting(f, u) for u in range(seq[f - 1], num_timesteps))
-        p *= Fraction(starting(f, seq[f]), norm)
-      total += p
+        after *= Fraction(starting(f, seq[f]), norm)
+      before = Fraction(1)
+      for f in range(pivot - 1, -1, -1):
+        norm = sum(ending(f, u) for u in range(seq[f + 1] + 1))
+        before *= Fraction(ending(f, seq[f]), norm)
+      clean = Fraction(int(all(t == 0 for t in seq[:pivot])))
+      total += after * ((1 - clean_share) * before + clean_share * clean)
     probs[seq] = total
   return probs
 
 
-def draw_counts(kind, num_frames, num_timesteps, n, seed=0):
-  t = jax.jit(timesteps.sample_train_timesteps, static_argnums=(1, 2, 3, 4))(
-      jax.random.key(seed), kind, n, num_frames, num_timesteps
+def draw_counts(kind, num_frames, num_timesteps, n, seed=0, clean_prefix_prob=0.0):
+  t = jax.jit(timesteps.sample_train_timesteps, static_argnums=(1, 2, 3, 4, 5))(
+      jax.random.key(seed), kind, n, num_frames, num_timesteps, clean_prefix_prob
   )
   t = np.asarray(t)
   assert np.all(np.diff(t, axis=1) >= 0)
@@ -123,6 +127,34 @@ def test_fopp_four_frames_matches_construction():
   exact = exact_fopp_probabilities(num_frames, num_timesteps)
   observed = draw_counts("fopp", num_frames, num_timesteps, n, seed=4)
   assert chi_square_pvalue(observed, exact, n) > 1e-3
+
+
+@pytest.mark.parametrize("clean_prefix_prob", [0.3, 1.0])
+def test_fopp_clean_prefix_matches_its_construction(clean_prefix_prob):
+  num_frames, num_timesteps, n = 3, 5, 60_000
+  exact = exact_fopp_probabilities(num_frames, num_timesteps, clean_prefix_prob)
+  assert sum(exact.values()) == 1
+  observed = draw_counts("fopp", num_frames, num_timesteps, n, seed=7,
+                         clean_prefix_prob=clean_prefix_prob)
+  assert chi_square_pvalue(observed, exact, n) > 1e-3
+  # Distinguishable from plain FoPP, so the test has power.
+  plain = exact_fopp_probabilities(num_frames, num_timesteps)
+  assert chi_square_pvalue(observed, plain, n) < 1e-6
+
+
+def test_fopp_clean_prefix_zero_is_the_papers_fopp():
+  # Same key, same draws: runs without the option reproduce.
+  sample = jax.jit(timesteps.sample_train_timesteps, static_argnums=(1, 2, 3, 4, 5))
+  plain = sample(jax.random.key(8), "fopp", 256, 16, 1000, 0.0)
+  np.testing.assert_array_equal(plain, timesteps.sample_train_timesteps(
+      jax.random.key(8), "fopp", 256, 16, 1000))
+  t = np.asarray(sample(jax.random.key(8), "fopp", 4096, 16, 1000, 0.5))
+  assert np.all(np.diff(t, axis=1) >= 0)
+  # A frame-by-frame step, 15 clean frames then t >= 500: under plain FoPP about 1 clip in
+  # 4000; here the clean-prefix clips whose pivot is the last frame with t >= 500, 0.5/16/2.
+  def corner(t):
+    return np.mean((t[:, -2] == 0) & (t[:, -1] >= 500))
+  assert corner(np.asarray(plain)) < 0.002 and 0.01 < corner(t) < 0.025
 
 
 def test_fopp_jit_large_batch_and_long_clips():

@@ -209,6 +209,13 @@ def test_config_errors_say_what_to_change(make_config):
   with pytest.raises(ValueError, match="differs from config.model.num_frames"):
     train.check_config(c)
   c = make_config()
+  c.fopp_clean_prefix_prob = 1.5
+  with pytest.raises(ValueError, match=r"fopp_clean_prefix_prob=1.5 needs.*\[0, 1\]"):
+    train.check_config(c)
+  c.fopp_clean_prefix_prob, c.train_timesteps = 0.25, "diffusion_forcing"
+  with pytest.raises(ValueError, match="fopp_clean_prefix_prob=0.25 needs train_timesteps='fopp'"):
+    train.check_config(c)
+  c = make_config()
   c.data.name = "taichi"
   with pytest.raises(NotImplementedError, match="taichi"):
     train.train_and_evaluate(c, "/tmp/unused")
