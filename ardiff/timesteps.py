@@ -106,10 +106,12 @@ def sample_train_timesteps(
   clean_prefix_prob (FoPP only): the share of clips whose frames before the pivot are clean
   (t = 0) instead of drawn backwards; the pivot's t and the later frames are drawn as before, so
   every sequence stays non-decreasing. FoPP's neighbouring frames have close timesteps, so
-  "finished frames, then one at high noise" -- every step of frame-by-frame generation and each
-  new frame of the AD schedule's sliding window -- is a corner it almost never trains on
+  "finished frames, then one at high noise" -- every step of frame-by-frame generation, and the
+  first frame after a video-prediction prefix -- is a corner it almost never trains on
   (docs/demo.md measures what that does to long rollouts). 0: the paper's FoPP.
   """
+  if clean_prefix_prob and kind != "fopp":
+    raise ValueError(f"clean_prefix_prob={clean_prefix_prob} is for 'fopp', not {kind!r}.")
   shape = (batch_size, num_frames)
   if kind == "full_sequence":
     t = jax.random.randint(rng, (batch_size, 1), 0, num_timesteps, jnp.int32)

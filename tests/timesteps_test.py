@@ -155,6 +155,8 @@ def test_fopp_clean_prefix_zero_is_the_papers_fopp():
   def corner(t):
     return np.mean((t[:, -2] == 0) & (t[:, -1] >= 500))
   assert corner(np.asarray(plain)) < 0.002 and 0.01 < corner(t) < 0.025
+  with pytest.raises(ValueError, match="is for 'fopp'"):
+    timesteps.sample_train_timesteps(jax.random.key(8), "autoregressive", 4, 4, 10, 0.5)
 
 
 def test_fopp_jit_large_batch_and_long_clips():
