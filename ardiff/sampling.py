@@ -29,6 +29,16 @@ not yet cached are computed. Their keys and values stay those of the window that
 (which saw frames that have since left the view): an approximation, exact for a one-layer model,
 that makes the cost per frame of a long video that of a video within the window.
 
+History guidance (config.sampling.history_guidance_scale, 1: off). Each call runs the model
+twice: on the window as above, and on the window with its finished frames noised to the lowest
+timestep of the frames still in progress (adapted from the fractional history guidance of Song
+et al. 2025; the window stays non-decreasing in t, so the second pass is a FoPP clip too). The
+output is the second pass's moved towards the first and beyond by the scale: frames lean more
+on the frames before them.
+The finished frames' noise is a function of the video's key and the frame's index, so streamed
+and whole-video sampling agree; the noise level changes from call to call, so the KV cache
+cannot hold those frames: history guidance samples without it.
+
 Streaming (Sampler.stream, --mode=sample): Sampler.__call__ runs the whole schedule as one
 program on the whole video. stream runs the same calls in segments (sampling_plan.
 stream_segments) on a buffer of the window plus a few frames that moves along the video, and
@@ -78,6 +88,7 @@ class _Spec:
   finished_timestep: int
   clip_denoised: bool
   guidance_scale: float
+  history_guidance_scale: float
   kv_cache: bool
   kv_cache_mode: str
   parameterization: str
@@ -101,6 +112,7 @@ class Sampler:
   plan: sampling_plan.CachePlan | None  # None: no KV cache, every call runs the whole window
   window: int
   guided: bool  # two passes (conditional, null label) per call when labels are given
+  history_guided: bool  # one more pass per call, with the finished frames noised
   init: Callable[..., Any]  # Sampler.stream's programs (_init_buffer, _run_segment), jitted
   segment: Callable[..., Any]
 
@@ -133,8 +145,9 @@ class Sampler:
 
   def num_model_calls_for(self, labels_given: bool) -> int:
     """Model evaluations per video: two per call when guided and labels are given, else one
-    (without labels the model runs once, on the null label)."""
-    return self.schedule.num_calls * (2 if self.guided and labels_given else 1)
+    (without labels the model runs once, on the null label); twice that with history guidance."""
+    passes = (2 if self.guided and labels_given else 1) * (2 if self.history_guided else 1)
+    return self.schedule.num_calls * passes
 
   @property
   def num_model_calls(self) -> int:
@@ -192,6 +205,7 @@ def make_sampler(
       finished_timestep=int(s.get("finished_timestep", 0)),
       clip_denoised=bool(s.clip_denoised),
       guidance_scale=float(s.guidance_scale),
+      history_guidance_scale=float(s.get("history_guidance_scale", 1.0)),
       kv_cache=bool(s.kv_cache if kv_cache is None else kv_cache),
       kv_cache_mode=str(s.get("kv_cache_mode", "exact")),
       parameterization=config.diffusion.parameterization,
@@ -215,6 +229,14 @@ def make_sampler(
     logging.warning(getattr(model, "kv_cache_refusal",
                             "context_attends_video: the context sees the frames, sampling"
                             " without cache."))
+    spec = dataclasses.replace(spec, kv_cache=False)
+  if not np.isfinite(spec.history_guidance_scale) or spec.history_guidance_scale < 0:
+    raise ValueError(
+        f"config.sampling.history_guidance_scale={spec.history_guidance_scale}: a finite scale"
+        " >= 0 (1: off).")
+  if spec.kv_cache and spec.history_guidance_scale != 1.0:
+    logging.warning("sampling.history_guidance_scale != 1 feeds the finished frames noised to a"
+                    " level that changes from call to call: sampling without cache.")
     spec = dataclasses.replace(spec, kv_cache=False)
   if spec.kv_cache and spec.timestep_grid == "reference":
     logging.warning("sampling.timestep_grid='reference' changes finished frames at every call"
@@ -284,6 +306,7 @@ def _build(model, spec: _Spec) -> Sampler:
   segment = functools.partial(_run_segment, model, spec, plan, window)
   return Sampler(
       jax.jit(run, compiler_options=options), schedule, plan, window, guided,
+      spec.history_guidance_scale != 1.0,
       jax.jit(init, static_argnums=3, compiler_options=options),
       jax.jit(segment, donate_argnums=3, compiler_options=options),
   )
@@ -360,6 +383,7 @@ def _sample_segment(model, spec, plan, window, params, rngs, labels, carry, rows
       sched=diffusion.make_schedule(spec.beta_schedule, spec.num_timesteps),
       grid=jnp.asarray(_grid(spec)),
       noise_keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(rngs),
+      history_keys=jax.vmap(lambda k: jax.random.fold_in(k, 2))(rngs),
       noise_shape=(window,) + x.shape[2:],
   )
   model = _LabelledModel(model, params, labels)
@@ -425,6 +449,7 @@ class _DenoisingStep:
   sched: diffusion.Schedule
   grid: jax.Array  # int32 [N + 1]: the timestep after k of N DDIM steps (grid[N] = -1, clean)
   noise_keys: jax.Array  # [B]: a key per video for the DDIM noise (eta > 0)
+  history_keys: jax.Array  # [B]: a key per video for the finished frames' noise (history)
   noise_shape: tuple[int, ...]  # (W, L, C): noise is drawn for the whole window
 
   def model_timesteps(self, prev: jax.Array, num_videos: int, new: jax.Array) -> jax.Array:
@@ -441,10 +466,35 @@ class _DenoisingStep:
   def model_inputs(self, x: jax.Array, prev: jax.Array, new: jax.Array
                    ) -> tuple[jax.Array, jax.Array]:
     """The model's (x, t) for the frames x [B, Q, L, C] moving from steps prev to new [Q]."""
-    t = self.model_timesteps(prev, x.shape[0], new)
+    return self._passed(x, self.model_timesteps(prev, x.shape[0], new))
+
+  def _passed(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x, t) as the model takes them: twice over when guided (conditional, null label)."""
     if self.guided:
       return _duplicate_for_guidance(x), _duplicate_for_guidance(t)
     return x, t
+
+  def history_inputs(self, x: jax.Array, prev: jax.Array, new: jax.Array, frames: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+    """model_inputs with the history blurred, for history guidance: the finished frames
+    (prev = N) noised to the lowest timestep of the frames still in progress, so that the
+    window stays non-decreasing in t, as in FoPP's training clips. frames [Q]: the frames'
+    indices in the video (their noise is a function of the video's key and the index alone)."""
+    s = self.spec
+    t = self.model_timesteps(prev, x.shape[0], new)  # [B, Q]
+    finished = prev == s.num_steps
+    lowest = jnp.min(jnp.where(finished, s.num_timesteps, t), axis=1, keepdims=True)
+    t = jnp.where(finished, jnp.broadcast_to(lowest, t.shape), t)
+    noise = jax.vmap(lambda key: jax.vmap(
+        lambda f: jax.random.normal(jax.random.fold_in(key, f), x.shape[2:]))(frames)
+    )(self.history_keys)
+    noised = diffusion.q_sample(self.sched, x, t, noise)
+    return self._passed(jnp.where(finished[None, :, None, None], noised, x), t)
+
+  def combine_history(self, out: jax.Array, out_history: jax.Array) -> jax.Array:
+    """History guidance: the blurred-history output moved towards the full-history one and
+    beyond, by history_guidance_scale (1: the full-history output)."""
+    return out_history + self.spec.history_guidance_scale * (out - out_history)
 
   def noise(self, call: jax.Array) -> jax.Array | None:
     """[B, W, L, C]: a function of (video key, call) alone, so that both paths agree."""
@@ -498,6 +548,9 @@ def _uncached_call(model, step, window, x, row):
   prev = jax.lax.dynamic_slice_in_dim(row["prev"], window_start, window)
   new = jax.lax.dynamic_slice_in_dim(row["new"], window_start, window)
   out = model(*step.model_inputs(x_w, prev, new))
+  if step.spec.history_guidance_scale != 1.0:
+    frames = row["offset"] + window_start + jnp.arange(window)
+    out = step.combine_history(out, model(*step.history_inputs(x_w, prev, new, frames)))
   x_w = step(x_w, out, prev, new, step.noise(row["call"]))
   return jax.lax.dynamic_update_slice_in_dim(x, x_w, window_start, axis=1), None
 

@@ -164,8 +164,9 @@ def segment_rows(schedule: timesteps.ADSchedule, plan: CachePlan | None, begin: 
                  offset: int, length: int) -> dict[str, np.ndarray]:
   """What the sampler's scan feeds calls [begin, end), frame indices relative to a buffer of
   `length` frames from `offset`: the steps before and after each call for the buffer's frames
-  (frames past the video: finished) [R, length], the window's start, the call's index, and for
-  the cached path its query frames, cached frames, branch and how far the window moved."""
+  (frames past the video: finished) [R, length], the window's start, the call's index, the
+  buffer's first frame in the video (offset), and for the cached path its query frames, cached
+  frames, branch and how far the window moved."""
   num_steps = schedule.steps[-1].max()
 
   def frames(a):  # [R, F] -> the buffer's columns [R, length]
@@ -180,7 +181,7 @@ def segment_rows(schedule: timesteps.ADSchedule, plan: CachePlan | None, begin: 
     before = np.concatenate([first[None], before])
   rows = dict(prev=frames(before), new=frames(schedule.steps[begin:end]),
               window_start=schedule.window_start[begin:end] - offset,
-              call=np.arange(begin, end))
+              call=np.arange(begin, end), offset=np.full(end - begin, offset))
   if plan is not None:
     moved = np.diff(schedule.window_start, prepend=schedule.window_start[0])
     rows.update(query_start=plan.query_start[begin:end] - offset,
