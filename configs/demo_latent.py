@@ -8,7 +8,7 @@ from configs import demo
 
 def get_config(arg=None):
   runlocal = common.parse_arg(arg)
-  c = demo.get_config()
+  c = demo.get_16_frame_config()  # as measured in the README
   c.model.tokens_per_frame = 16  # the autoencoder's latent tokens, not pixel patches
   c.model.in_channels = 8
   c.sampling.clip_denoised = False  # latents are not in [-1, 1]
