@@ -14,7 +14,8 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
   num_steps; --long_ar_step=3 for the demo's AD schedule instead) from a 4-frame real prefix:
   their persistence (last 8 frames over the 8 after the prefix), and a picture.
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
-  cache costs in quality).
+  cache costs in quality). With history guidance (config.sampling.history_guidance_scale != 1)
+  the sampler runs without cache, so every mode gives the same videos.
 - Context gain (metrics.context_gain): on 64 real clips of the window's length, the MSE of the
   model's one-step x0 estimate of frame 8 (the last frame of a shorter window) noised to t
   (400, 600, 800) with the frames before it noised alike, over the same with them clean. About
@@ -101,6 +102,8 @@ def main(argv):
   frames = config.sampling.num_frames
   results = {"workdir": _WORKDIR.value, "step": step, "num_videos": n, "num_frames": frames,
              "ar_step": config.sampling.ar_step, "num_steps": config.sampling.num_steps,
+             "eta": config.sampling.eta,
+             "history_guidance_scale": config.sampling.history_guidance_scale,
              "real_dataset": evaluation.real_data_name(config)}
 
   # The real side, and its floor: two disjoint draws (eval seeds 0 and 1).
