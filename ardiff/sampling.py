@@ -34,10 +34,9 @@ twice: on the window as above, and on the window with its finished frames noised
 timestep of the frames still in progress (adapted from the fractional history guidance of Song
 et al. 2025; the window stays non-decreasing in t, so the second pass is a FoPP clip too). The
 output is the second pass's moved towards the first and beyond by the scale: frames lean more
-on the frames before them.
-The finished frames' noise is a function of the video's key and the frame's index, so streamed
-and whole-video sampling agree; the noise level changes from call to call, so the KV cache
-cannot hold those frames: history guidance samples without it.
+on the frames before them. The finished frames' noise is a function of the video's key and the
+frame's index, so streamed and whole-video sampling agree; the noise level changes from call to
+call, so the KV cache cannot hold those frames: history guidance samples without it.
 
 Streaming (Sampler.stream, --mode=sample): Sampler.__call__ runs the whole schedule as one
 program on the whole video. stream runs the same calls in segments (sampling_plan.

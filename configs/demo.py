@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.fopp_clean_prefix_prob = 0.25
 
   c.data.name = "moving_digits"
-  c.data.grayscale = True  # white digits: colour costs capacity and adds nothing to the motion
+  c.data.grayscale = True  # white digits, as every run since H in docs/demo.md
   c.data.resolution = 32
   c.data.patch_size = 4  # 64 tokens of 48 channels per frame: a digit spans about 3x3 patches
 
