@@ -97,6 +97,11 @@ class _Spec:
   max_branches: int
   compiler_options: tuple[tuple[str, object], ...] | None
 
+  @property
+  def history_guided(self) -> bool:
+    """History guidance on: a second pass per call, no KV cache."""
+    return self.history_guidance_scale != 1.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
@@ -233,7 +238,7 @@ def make_sampler(
     raise ValueError(
         f"config.sampling.history_guidance_scale={spec.history_guidance_scale}: a finite scale"
         " >= 0 (1: off).")
-  if spec.kv_cache and spec.history_guidance_scale != 1.0:
+  if spec.kv_cache and spec.history_guided:
     logging.warning("sampling.history_guidance_scale != 1 feeds the finished frames noised to a"
                     " level that changes from call to call: sampling without cache.")
     spec = dataclasses.replace(spec, kv_cache=False)
@@ -305,7 +310,7 @@ def _build(model, spec: _Spec) -> Sampler:
   segment = functools.partial(_run_segment, model, spec, plan, window)
   return Sampler(
       jax.jit(run, compiler_options=options), schedule, plan, window, guided,
-      spec.history_guidance_scale != 1.0,
+      spec.history_guided,
       jax.jit(init, static_argnums=3, compiler_options=options),
       jax.jit(segment, donate_argnums=3, compiler_options=options),
   )
@@ -547,7 +552,7 @@ def _uncached_call(model, step, window, x, row):
   prev = jax.lax.dynamic_slice_in_dim(row["prev"], window_start, window)
   new = jax.lax.dynamic_slice_in_dim(row["new"], window_start, window)
   out = model(*step.model_inputs(x_w, prev, new))
-  if step.spec.history_guidance_scale != 1.0:
+  if step.spec.history_guided:
     frames = row["offset"] + window_start + jnp.arange(window)
     out = step.combine_history(out, model(*step.history_inputs(x_w, prev, new, frames)))
   x_w = step(x_w, out, prev, new, step.noise(row["call"]))
