@@ -167,13 +167,16 @@ def get_default_config() -> mc.ConfigDict:
   c.sampling.clip_denoised = True
   c.sampling.guidance_scale = 1.0
   # History guidance (adapted from Song et al. 2025, "History-Guided Video Diffusion"): a
-  # second pass per call sees the finished frames noised to the lowest timestep of the frames
-  # still in progress (the window stays non-decreasing in t, as FoPP trains), and the output
-  # moves from it towards the full-history one and beyond: out_blurred + scale * (out -
-  # out_blurred). 1: off. Above 1 frames lean more on the frames before them, meant to counter
-  # the fading of long rollouts (docs/demo.md measures it). Any other value than 1 samples
-  # without KV cache (two passes per call).
+  # second pass per call sees the history weakened, and the output moves from it towards the
+  # full-history one and beyond: out_weak + scale * (out - out_weak). 1: off. Above 1 frames
+  # lean more on the frames before them, meant to counter the fading of long rollouts
+  # (docs/demo.md measures it). Any other value than 1 samples without KV cache (two passes
+  # per call).
   c.sampling.history_guidance_scale = 1.0
+  # How the second pass weakens the history: "fractional" noises the finished frames to the
+  # lowest timestep of the frames still in progress (the window stays non-decreasing in t, as
+  # FoPP trains); "vanilla" leaves them out (the frames in progress as a clip of their own).
+  c.sampling.history_guidance_mode = "fractional"
   c.sampling.kv_cache = True
   # exact: when the window slides, the finished frames in view are recomputed (samples equal the
   # uncached path's). rolling: their keys/values are kept, moved to their new slots (constant

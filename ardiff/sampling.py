@@ -30,13 +30,15 @@ not yet cached are computed. Their keys and values stay those of the window that
 that makes the cost per frame of a long video that of a video within the window.
 
 History guidance (config.sampling.history_guidance_scale, 1: off). Each call runs the model
-twice: on the window as above, and on the window with its finished frames noised to the lowest
-timestep of the frames still in progress (adapted from the fractional history guidance of Song
-et al. 2025; the window stays non-decreasing in t, so the second pass is a FoPP clip too). The
-output is the second pass's moved towards the first and beyond by the scale: frames lean more
-on the frames before them. The finished frames' noise is a function of the video's key and the
-frame's index, so streamed and whole-video sampling agree; the noise level changes from call to
-call, so the KV cache cannot hold those frames: history guidance samples without it.
+twice: on the window as above, and with the history weakened (Song et al. 2025, "History-Guided
+Video Diffusion"). The output is the second pass's moved towards the first and beyond by the
+scale: frames lean more on the frames before them. config.sampling.history_guidance_mode says
+how the history is weakened: "fractional" noises the finished frames to the lowest timestep of
+the frames still in progress (the window stays non-decreasing in t, so the second pass is a FoPP
+clip too; their noise is a function of the video's key and the frame's index, so streamed and
+whole-video sampling agree); "vanilla" leaves them out: the frames in progress as a clip of
+their own, as the first frames of a training clip. Either way the second pass changes from call
+to call, so history guidance samples without KV cache.
 
 Streaming (Sampler.stream, --mode=sample): Sampler.__call__ runs the whole schedule as one
 program on the whole video. stream runs the same calls in segments (sampling_plan.
@@ -68,6 +70,7 @@ TIMESTEP_GRIDS = ("ardiff", "reference")
 # in earlier windows, moved to their new slots (constant cost per frame on long videos, an
 # approximation; module docstring).
 KV_CACHE_MODES = ("exact", "rolling")
+HISTORY_GUIDANCE_MODES = ("fractional", "vanilla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,7 @@ class _Spec:
   clip_denoised: bool
   guidance_scale: float
   history_guidance_scale: float
+  history_guidance_mode: str
   kv_cache: bool
   kv_cache_mode: str
   parameterization: str
@@ -210,6 +214,7 @@ def make_sampler(
       clip_denoised=bool(s.clip_denoised),
       guidance_scale=float(s.guidance_scale),
       history_guidance_scale=float(s.get("history_guidance_scale", 1.0)),
+      history_guidance_mode=str(s.get("history_guidance_mode", "fractional")),
       kv_cache=bool(s.kv_cache if kv_cache is None else kv_cache),
       kv_cache_mode=str(s.get("kv_cache_mode", "exact")),
       parameterization=config.diffusion.parameterization,
@@ -238,9 +243,12 @@ def make_sampler(
     raise ValueError(
         f"config.sampling.history_guidance_scale={spec.history_guidance_scale}: a finite scale"
         " >= 0 (1: off).")
+  if spec.history_guidance_mode not in HISTORY_GUIDANCE_MODES:
+    raise ValueError(f"config.sampling.history_guidance_mode={spec.history_guidance_mode!r}: one"
+                     f" of {HISTORY_GUIDANCE_MODES}.")
   if spec.kv_cache and spec.history_guided:
-    logging.warning("sampling.history_guidance_scale != 1 feeds the finished frames noised to a"
-                    " level that changes from call to call: sampling without cache.")
+    logging.warning("sampling.history_guidance_scale != 1 runs a second pass per call whose"
+                    " history changes from call to call: sampling without cache.")
     spec = dataclasses.replace(spec, kv_cache=False)
   if spec.kv_cache and spec.timestep_grid == "reference":
     logging.warning("sampling.timestep_grid='reference' changes finished frames at every call"
@@ -478,25 +486,35 @@ class _DenoisingStep:
       return _duplicate_for_guidance(x), _duplicate_for_guidance(t)
     return x, t
 
-  def history_inputs(self, x: jax.Array, prev: jax.Array, new: jax.Array, frames: jax.Array
-                     ) -> tuple[jax.Array, jax.Array]:
-    """model_inputs with the history blurred, for history guidance: the finished frames
-    (prev = N) noised to the lowest timestep of the frames still in progress, so that the
-    window stays non-decreasing in t, as in FoPP's training clips. frames [Q]: the frames'
-    indices in the video (their noise is a function of the video's key and the index alone)."""
+  def history_output(self, model, x: jax.Array, prev: jax.Array, new: jax.Array,
+                     frames: jax.Array) -> jax.Array:
+    """The model's output with the history weakened, for history guidance (same layout as
+    model(*model_inputs(...))). frames [Q]: the frames' indices in the video.
+
+    fractional: the finished frames (prev = N) noised to the lowest timestep of the frames still
+    in progress, so that the window stays non-decreasing in t, as in FoPP's training clips; their
+    noise is a function of the video's key and the frame's index alone.
+    vanilla: without the finished frames: the frames in progress as a clip of their own. Under
+    strict causality a clip's first frames do not see the ones after them, so the window is
+    rolled to put them first; the finished frames' outputs (rolled behind) are not used.
+    """
     s = self.spec
     t = self.model_timesteps(prev, x.shape[0], new)  # [B, Q]
-    finished = prev == s.num_steps
+    finished = prev == s.num_steps  # [Q]: the first frames of the window
+    if s.history_guidance_mode == "vanilla":
+      shift = jnp.sum(finished)
+      out = model(*self._passed(jnp.roll(x, -shift, axis=1), jnp.roll(t, -shift, axis=1)))
+      return jnp.roll(out, shift, axis=1)
     lowest = jnp.min(jnp.where(finished, s.num_timesteps, t), axis=1, keepdims=True)
     t = jnp.where(finished, jnp.broadcast_to(lowest, t.shape), t)
     noise = jax.vmap(lambda key: jax.vmap(
         lambda f: jax.random.normal(jax.random.fold_in(key, f), x.shape[2:]))(frames)
     )(self.history_keys)
     noised = diffusion.q_sample(self.sched, x, t, noise)
-    return self._passed(jnp.where(finished[None, :, None, None], noised, x), t)
+    return model(*self._passed(jnp.where(finished[None, :, None, None], noised, x), t))
 
   def combine_history(self, out: jax.Array, out_history: jax.Array) -> jax.Array:
-    """History guidance: the blurred-history output moved towards the full-history one and
+    """History guidance: the weak-history output moved towards the full-history one and
     beyond, by history_guidance_scale (1: the full-history output)."""
     return out_history + self.spec.history_guidance_scale * (out - out_history)
 
@@ -554,7 +572,7 @@ def _uncached_call(model, step, window, x, row):
   out = model(*step.model_inputs(x_w, prev, new))
   if step.spec.history_guided:
     frames = row["offset"] + window_start + jnp.arange(window)
-    out = step.combine_history(out, model(*step.history_inputs(x_w, prev, new, frames)))
+    out = step.combine_history(out, step.history_output(model, x_w, prev, new, frames))
   x_w = step(x_w, out, prev, new, step.noise(row["call"]))
   return jax.lax.dynamic_update_slice_in_dim(x, x_w, window_start, axis=1), None
 

@@ -104,6 +104,7 @@ def main(argv):
              "ar_step": config.sampling.ar_step, "num_steps": config.sampling.num_steps,
              "eta": config.sampling.eta,
              "history_guidance_scale": config.sampling.history_guidance_scale,
+             "history_guidance_mode": config.sampling.history_guidance_mode,
              "real_dataset": evaluation.real_data_name(config)}
 
   # The real side, and its floor: two disjoint draws (eval seeds 0 and 1).

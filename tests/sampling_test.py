@@ -75,11 +75,9 @@ def reference_step(model, parameterization, num_timesteps, clip_denoised):
       out = jnp.where(guidance_scale == 1, out, uncond + guidance_scale * (out - uncond))
     return out
 
-  def step(params, x_w, t_in, t_cur, t_next, labels, guidance_scale, x_hist, t_hist,
-           history_scale):
+  def step(params, x_w, t_in, t_cur, t_next, labels, guidance_scale, out_hist, history_scale):
     out = guided(params, x_w, t_in, labels, guidance_scale)
     if history_scale != 1:
-      out_hist = guided(params, x_hist, t_hist, labels, guidance_scale)
       out = out_hist + history_scale * (out - out_hist)
     x0, eps = diffusion.to_x0_eps(dsched, parameterization, x_w, t_in, out)
     if clip_denoised:
@@ -87,21 +85,23 @@ def reference_step(model, parameterization, num_timesteps, clip_denoised):
       eps = diffusion.eps_from_x0(dsched, x_w, t_in, x0)
     return diffusion.ddim_step(dsched, x_w, t_cur, t_next, x0, eps)
 
-  return jax.jit(step, static_argnames="history_scale", compiler_options=FAST)
+  return (jax.jit(step, static_argnames="history_scale", compiler_options=FAST),
+          jax.jit(guided, compiler_options=FAST))
 
 
 def reference_sample(model, params, config, rngs, num_frames, labels=None, prefix=None):
   """The AD loop written plainly (eta = 0): a Python loop over the schedule's rows, the whole
   window per call, finished frames fed clean at t = 0. With history guidance a second pass per
   call sees the finished frames noised to the lowest timestep of the frames in progress, with
-  noise N(0, 1) keyed by (the video's key folded with 2, the frame's index)."""
+  noise N(0, 1) keyed by (the video's key folded with 2, the frame's index) ("fractional"), or
+  the frames in progress alone, as a shorter clip ("vanilla")."""
   s, n = config.sampling, config.sampling.num_steps
   k = 0 if prefix is None else prefix.shape[1]
   sched = sampling_plan.sampling_schedule(
       num_frames, config.model.num_frames, s.ar_step, n, s.context_frames, k
   )
   grid = diffusion.ddim_timesteps(config.diffusion.num_timesteps, n)
-  step = reference_step(
+  step, guided = reference_step(
       model, config.diffusion.parameterization, config.diffusion.num_timesteps, s.clip_denoised
   )
   w = min(config.model.num_frames, num_frames)
@@ -109,6 +109,7 @@ def reference_sample(model, params, config, rngs, num_frames, labels=None, prefi
   if k:
     x[:, :k] = prefix
   history_scale = s.get("history_guidance_scale", 1.0)
+  vanilla = s.get("history_guidance_mode", "fractional") == "vanilla"
   alpha_bar = np.cumprod(1 - diffusion.make_betas("linear", config.diffusion.num_timesteps))
   history_keys = [jax.random.fold_in(key, 2) for key in rngs]
   for r in range(sched.num_calls):
@@ -118,16 +119,23 @@ def reference_sample(model, params, config, rngs, num_frames, labels=None, prefi
     t_next = np.broadcast_to(grid[new], (len(rngs), w))
     t_in = np.where(prev == n, 0, t_cur)
     x_w = x[:, ws : ws + w]
-    x_hist, t_hist = x_w.copy(), t_in.copy()
-    finished = np.flatnonzero(prev == n) if history_scale != 1 else []
-    for j in finished:  # noised as far as the cleanest frame in progress
-      t_hist[:, j] = t_in[0, prev != n].min()
-      a = alpha_bar[t_hist[0, j]]
-      for b, key in enumerate(history_keys):
-        noise = np.asarray(jax.random.normal(jax.random.fold_in(key, ws + j), (L, C)))
-        x_hist[b, j] = np.sqrt(a) * x_w[b, j] + np.sqrt(1 - a) * noise
-    x[:, ws : ws + w] = step(params, x_w, t_in, t_cur, t_next, labels, s.guidance_scale, x_hist,
-                             t_hist, history_scale=history_scale)
+    out_hist = None
+    if history_scale != 1 and vanilla:
+      m = int(np.sum(prev == n))
+      assert (prev[:m] == n).all() and (prev[m:] != n).all()  # finished frames come first
+      out_hist = np.array(guided(params, x_w, t_in, labels, s.guidance_scale))
+      out_hist[:, m:] = guided(params, x_w[:, m:], t_in[:, m:], labels, s.guidance_scale)
+    elif history_scale != 1:
+      x_hist, t_hist = x_w.copy(), t_in.copy()
+      for j in np.flatnonzero(prev == n):  # noised as far as the cleanest frame in progress
+        t_hist[:, j] = t_in[0, prev != n].min()
+        a = alpha_bar[t_hist[0, j]]
+        for b, key in enumerate(history_keys):
+          noise = np.asarray(jax.random.normal(jax.random.fold_in(key, ws + j), (L, C)))
+          x_hist[b, j] = np.sqrt(a) * x_w[b, j] + np.sqrt(1 - a) * noise
+      out_hist = guided(params, x_hist, t_hist, labels, s.guidance_scale)
+    x[:, ws : ws + w] = step(params, x_w, t_in, t_cur, t_next, labels, s.guidance_scale,
+                             out_hist, history_scale=history_scale)
   return x
 
 
@@ -344,14 +352,16 @@ def test_classifier_free_guidance():
     sampling.sample(*tiny_model(), tiny_config(), jax.random.key(0), num_videos=B, labels=labels)
 
 
+@pytest.mark.parametrize("mode", ["fractional", "vanilla"])
 @pytest.mark.parametrize("num_frames,ar_step,prefix_frames", [(4, 1, 0), (9, 2, 0), (8, 4, 3)])
-def test_history_guidance_matches_the_reference(num_frames, ar_step, prefix_frames):
+def test_history_guidance_matches_the_reference(num_frames, ar_step, prefix_frames, mode):
   model, params = tiny_model()
   prefix = (jax.random.normal(jax.random.key(5), (B, prefix_frames, L, C))
             if prefix_frames else None)
   out = {}
   for scale in (1.0, 2.0):
-    config = tiny_config(ar_step=ar_step, history_guidance_scale=scale)
+    config = tiny_config(ar_step=ar_step, history_guidance_scale=scale,
+                         history_guidance_mode=mode)
     sampler = sampling.make_sampler(model, config, num_frames, prefix_frames=prefix_frames,
                                     max_branches=2, compiler_options=FAST)
     assert sampler.history_guided == (scale != 1.0)
@@ -362,11 +372,13 @@ def test_history_guidance_matches_the_reference(num_frames, ar_step, prefix_fram
   assert np.abs(out[2.0] - out[1.0]).max() > 1e-2
 
 
-def test_history_guidance_streams_with_labels_and_counts_its_passes():
+@pytest.mark.parametrize("mode", ["fractional", "vanilla"])
+def test_history_guidance_streams_with_labels_and_counts_its_passes(mode):
   # The finished frames' noise is keyed by their index in the video, not in the buffer: the
   # streamed videos are the whole-video program's.
   model, params = tiny_model(num_classes=5)
-  config = tiny_config(num_classes=5, guidance_scale=3.0, ar_step=1, history_guidance_scale=1.5)
+  config = tiny_config(num_classes=5, guidance_scale=3.0, ar_step=1, history_guidance_scale=1.5,
+                       history_guidance_mode=mode)
   sampler = sampling.make_sampler(model, config, 10, max_branches=2, compiler_options=FAST)
   labels = jnp.array([1, 3], jnp.int32)
   whole = np.asarray(sampler(params, keys(), labels))
@@ -380,6 +392,8 @@ def test_history_guidance_streams_with_labels_and_counts_its_passes():
   for bad in (-1.0, float("nan")):
     with pytest.raises(ValueError, match="history_guidance_scale"):
       sampling.make_sampler(model, tiny_config(num_classes=5, history_guidance_scale=bad), 10)
+  with pytest.raises(ValueError, match="history_guidance_mode"):
+    sampling.make_sampler(model, tiny_config(history_guidance_mode="full"), 10)
 
 
 class CountingModel:
