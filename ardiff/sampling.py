@@ -120,7 +120,7 @@ class Sampler:
   plan: sampling_plan.CachePlan | None  # None: no KV cache, every call runs the whole window
   window: int
   guided: bool  # two passes (conditional, null label) per call when labels are given
-  history_guided: bool  # one more pass per call, with the finished frames noised
+  history_guided: bool  # one more pass per call, with the history weakened
   init: Callable[..., Any]  # Sampler.stream's programs (_init_buffer, _run_segment), jitted
   segment: Callable[..., Any]
 
@@ -286,13 +286,15 @@ def initial_noise(rngs: jax.Array, shape: tuple[int, ...], first_frame=0) -> jax
   first_frame, first_frame + 1, ... of each video. A frame's noise is a function of its video's
   key and its index alone (not of the video's length), so a long video can be generated in
   segments (Sampler.stream) and starts as a shorter one does."""
-  frames = first_frame + jnp.arange(shape[0])
+  keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(rngs)
+  return frame_noise(keys, first_frame + jnp.arange(shape[0]), shape[1:])
 
-  def one_video(key):
-    key = jax.random.fold_in(key, 0)
-    return jax.vmap(lambda f: jax.random.normal(jax.random.fold_in(key, f), shape[1:]))(frames)
 
-  return jax.vmap(one_video)(rngs)
+def frame_noise(keys: jax.Array, frames: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """N(0, 1) [B, F, *shape]: for video b and frame index frames[f], a function of keys[b] and
+  that index alone (initial noise; the finished frames' noise of history guidance)."""
+  return jax.vmap(lambda key: jax.vmap(
+      lambda f: jax.random.normal(jax.random.fold_in(key, f), shape))(frames))(keys)
 
 
 @functools.lru_cache(maxsize=32)
@@ -507,9 +509,7 @@ class _DenoisingStep:
       return jnp.roll(out, shift, axis=1)
     lowest = jnp.min(jnp.where(finished, s.num_timesteps, t), axis=1, keepdims=True)
     t = jnp.where(finished, jnp.broadcast_to(lowest, t.shape), t)
-    noise = jax.vmap(lambda key: jax.vmap(
-        lambda f: jax.random.normal(jax.random.fold_in(key, f), x.shape[2:]))(frames)
-    )(self.history_keys)
+    noise = frame_noise(self.history_keys, frames, x.shape[2:])
     noised = diffusion.q_sample(self.sched, x, t, noise)
     return model(*self._passed(jnp.where(finished[None, :, None, None], noised, x), t))
 
