@@ -177,6 +177,10 @@ def get_default_config() -> mc.ConfigDict:
   # lowest timestep of the frames still in progress (the window stays non-decreasing in t, as
   # FoPP trains); "vanilla" leaves them out (the frames in progress as a clip of their own).
   c.sampling.history_guidance_mode = "fractional"
+  # The scale frame by frame (ar_step >= num_steps); None: history_guidance_scale. One scale may
+  # not fit both schedules: the demo's 1.5 holds objects at ar_step 3 and makes them grow frame
+  # by frame, where 1.25 holds them (docs/demo.md).
+  c.sampling.frame_by_frame_history_guidance_scale = mc.config_dict.placeholder(float)
   c.sampling.kv_cache = True
   # exact: when the window slides, the finished frames in view are recomputed (samples equal the
   # uncached path's). rolling: their keys/values are kept, moved to their new slots (constant

@@ -38,7 +38,8 @@ the frames still in progress (the window stays non-decreasing in t, so the secon
 clip too; their noise is a function of the video's key and the frame's index, so streamed and
 whole-video sampling agree); "vanilla" leaves them out: the frames in progress as a clip of
 their own, as the first frames of a training clip. Either way the second pass changes from call
-to call, so history guidance samples without KV cache.
+to call, so history guidance samples without KV cache. Frame by frame (ar_step >= num_steps)
+config.sampling.frame_by_frame_history_guidance_scale, where set, replaces the scale.
 
 Streaming (Sampler.stream, --mode=sample): Sampler.__call__ runs the whole schedule as one
 program on the whole video. stream runs the same calls in segments (sampling_plan.
@@ -213,7 +214,7 @@ def make_sampler(
       finished_timestep=int(s.get("finished_timestep", 0)),
       clip_denoised=bool(s.clip_denoised),
       guidance_scale=float(s.guidance_scale),
-      history_guidance_scale=float(s.get("history_guidance_scale", 1.0)),
+      history_guidance_scale=history_guidance_scale(s),
       history_guidance_mode=str(s.get("history_guidance_mode", "fractional")),
       kv_cache=bool(s.kv_cache if kv_cache is None else kv_cache),
       kv_cache_mode=str(s.get("kv_cache_mode", "exact")),
@@ -295,6 +296,15 @@ def frame_noise(keys: jax.Array, frames: jax.Array, shape: tuple[int, ...]) -> j
   that index alone (initial noise; the finished frames' noise of history guidance)."""
   return jax.vmap(lambda key: jax.vmap(
       lambda f: jax.random.normal(jax.random.fold_in(key, f), shape))(frames))(keys)
+
+
+def history_guidance_scale(s) -> float:
+  """config.sampling's history guidance scale for its schedule: frame by frame (ar_step >=
+  num_steps) frame_by_frame_history_guidance_scale where set."""
+  by_frame = s.get("frame_by_frame_history_guidance_scale")
+  if by_frame is not None and int(s.ar_step) >= int(s.num_steps):
+    return float(by_frame)
+  return float(s.get("history_guidance_scale", 1.0))
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,7 +12,8 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
   dissolve scores well below the real ratio (about 1: digits bounce and stay in the frame).
 - Long rollouts: --long_videos videos of 128 frames generated frame by frame (ar_step =
   num_steps; --long_ar_step=3 for the demo's AD schedule instead) from a 4-frame real prefix:
-  their persistence (last 8 frames over the 8 after the prefix), and a picture.
+  their persistence (last 8 frames over the 8 after the prefix), and a picture. Frame by frame
+  they take config.sampling.frame_by_frame_history_guidance_scale where set.
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
   cache costs in quality). With history guidance (config.sampling.history_guidance_scale != 1)
   the sampler runs without cache, so every mode gives the same videos.
@@ -43,6 +44,7 @@ import numpy as np
 from ardiff import checkpoint
 from ardiff import diffusion
 from ardiff import generate
+from ardiff import sampling
 from ardiff import video_io
 from ardiff.data import patches
 from ardiff.evaluation import fvd
@@ -139,6 +141,7 @@ def main(argv):
     results["long_persistence"] = metrics.persistence(long, first=LONG_PREFIX)
     results["long_frames"], results["long_prefix"] = LONG_FRAMES, LONG_PREFIX
     results["long_ar_step"] = long_ar_step
+    results["long_history_guidance_scale"] = sampling.history_guidance_scale(c.sampling)
     iio.imwrite(os.path.join(_OUT.value, "demo_long.png"), strip(long, 16))
 
   results["context_gain"] = context_gains(config, params)

@@ -372,6 +372,25 @@ def test_history_guidance_matches_the_reference(num_frames, ar_step, prefix_fram
   assert np.abs(out[2.0] - out[1.0]).max() > 1e-2
 
 
+def test_frame_by_frame_history_guidance_scale_applies_frame_by_frame_only():
+  # Frame by frame (ar_step = num_steps = 4) the frame-by-frame scale replaces the scale: the
+  # videos are those of that scale set as history_guidance_scale; at ar_step 1 it is unused.
+  model, params = tiny_model()
+  def videos(**fields):
+    sampler = sampling.make_sampler(model, tiny_config(history_guidance_mode="vanilla", **fields),
+                                    6, max_branches=2, compiler_options=FAST)
+    return sampler.history_guided, np.asarray(sampler(params, keys()))
+  guided, by_frame = videos(ar_step=4, history_guidance_scale=1.0,
+                            frame_by_frame_history_guidance_scale=2.0)
+  assert guided
+  np.testing.assert_array_equal(by_frame, videos(ar_step=4, history_guidance_scale=2.0)[1])
+  guided, ad = videos(ar_step=1, history_guidance_scale=1.0,
+                      frame_by_frame_history_guidance_scale=2.0)
+  assert not guided
+  np.testing.assert_array_equal(ad, videos(ar_step=1, history_guidance_scale=1.0)[1])
+  assert np.abs(by_frame - videos(ar_step=4, history_guidance_scale=1.0)[1]).max() > 1e-2
+
+
 @pytest.mark.parametrize("mode", ["fractional", "vanilla"])
 def test_history_guidance_streams_with_labels_and_counts_its_passes(mode):
   # The finished frames' noise is keyed by their index in the video, not in the buffer: the
