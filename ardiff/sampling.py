@@ -242,8 +242,9 @@ def make_sampler(
     spec = dataclasses.replace(spec, kv_cache=False)
   if not np.isfinite(spec.history_guidance_scale) or spec.history_guidance_scale < 0:
     raise ValueError(
-        f"config.sampling.history_guidance_scale={spec.history_guidance_scale}: a finite scale"
-        " >= 0 (1: off).")
+        f"config.sampling.history_guidance_scale (frame by frame:"
+        f" frame_by_frame_history_guidance_scale where set) = {spec.history_guidance_scale}: a"
+        " finite scale >= 0 (1: off).")
   if spec.history_guidance_mode not in HISTORY_GUIDANCE_MODES:
     raise ValueError(f"config.sampling.history_guidance_mode={spec.history_guidance_mode!r}: one"
                      f" of {HISTORY_GUIDANCE_MODES}.")

@@ -38,8 +38,8 @@ def get_config(arg=None):
   c.sampling.ar_step = 3
   c.sampling.eta = 1.0  # stochastic DDIM: FVD48 431 against 541 deterministic (docs/demo.md)
   # History guidance against the frames in progress alone ("vanilla"): FVD48 359 against 431
-  # without, and objects that hold for 48 frames (persistence 0.96; "fractional": 0.53); frame
-  # by frame they grow instead. Samples without KV cache (docs/demo.md).
+  # without, and objects that hold for 48 frames (persistence 0.96; "fractional": 0.53).
+  # Samples without KV cache (docs/demo.md).
   c.sampling.history_guidance_scale = 1.5
   c.sampling.history_guidance_mode = "vanilla"
   # Frame by frame 1.5 makes the objects grow (128 frames: 2.06); 1.25 holds them (1.02).

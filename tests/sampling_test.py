@@ -389,6 +389,8 @@ def test_frame_by_frame_history_guidance_scale_applies_frame_by_frame_only():
   assert not guided
   np.testing.assert_array_equal(ad, videos(ar_step=1, history_guidance_scale=1.0)[1])
   assert np.abs(by_frame - videos(ar_step=4, history_guidance_scale=1.0)[1]).max() > 1e-2
+  with pytest.raises(ValueError, match="frame_by_frame_history_guidance_scale"):
+    videos(ar_step=4, frame_by_frame_history_guidance_scale=-1.0)
 
 
 @pytest.mark.parametrize("mode", ["fractional", "vanilla"])
