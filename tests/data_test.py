@@ -133,8 +133,9 @@ def test_moving_digits_large_draws_the_same_clips_with_larger_digits(data_dir):
 
 
 def test_moving_digits_clips_are_unchanged():
-  """The clips docs/results.md and the earlier demos measured: a sha256 of one, as rendered
-  before digit sizes became a parameter."""
+  """The clips docs/results.md and the demo measured: a sha256 of one, as rendered before digit
+  sizes became a parameter (a change in PIL's bicubic resampling would also show here, and would
+  change those clips too)."""
   glyphs, labels = moving_digits.load_glyphs()
   clip, _ = moving_digits.render_clip(np.random.default_rng([0, 0, 7]), glyphs, labels,
                                       np.arange(1500))

