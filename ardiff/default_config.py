@@ -41,7 +41,11 @@ def get_default_config() -> mc.ConfigDict:
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_schedule = "linear"  # linear (LDM, the paper's) | cosine
   c.diffusion.parameterization = "x0"  # x0 (the paper's) | eps | v
-  c.diffusion.loss_weighting = "none"  # none | min_snr (Min-SNR-gamma, gamma 5)
+  c.diffusion.loss_weighting = "none"  # none | min_snr (Min-SNR-gamma, gamma 5) | logit_normal
+  # logit_normal: the x0 error weighted by the logit-normal density of t / T (SD3's timestep
+  # distribution) with this mean and std: the middle noise levels count more.
+  c.diffusion.logit_normal_mean = 0.0
+  c.diffusion.logit_normal_std = 1.0
 
   c.optimizer = mc.ConfigDict()
   c.optimizer.learning_rate = 2e-4

@@ -93,7 +93,9 @@ def train_step(config, model, tx, state, batch, rng):
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = diffusion.q_sample(sched, x0, t, noise)
   tgt = diffusion.target(sched, param, x0, noise, t)
-  weights = diffusion.timestep_weights(sched, config.diffusion.loss_weighting, param)
+  weights = diffusion.timestep_weights(
+      sched, config.diffusion.loss_weighting, param,
+      logit_normal=(config.diffusion.logit_normal_mean, config.diffusion.logit_normal_std))
   if labels is not None:  # classifier-free guidance: sometimes train with the null label
     drop = jax.random.uniform(k_drop, (b,)) < config.label_drop
     labels = jnp.where(drop, config.model.num_classes, labels)

@@ -95,6 +95,29 @@ def test_min_snr_weights():
   assert np.all(np.asarray(diffusion.timestep_weights(sched, "none", "x0")) == 1)
 
 
+def test_logit_normal_weights():
+  # Against the logit-normal density written out (scipy.stats: the normal pdf of logit(u) over
+  # u (1 - u)), and the x0 weighting carried to each parameterization's target: the eps error
+  # is the x0 error times sqrt(snr), the v error times sqrt(snr + 1).
+  from scipy import stats  # noqa: PLC0415
+
+  sched = diffusion.make_schedule("linear", 1000)
+  u = (np.arange(1000) + 0.5) / 1000
+  density = stats.norm(0.4, 0.8).pdf(np.log(u / (1 - u))) / (u * (1 - u))
+  w = np.asarray(diffusion.timestep_weights(sched, "logit_normal", "x0", logit_normal=(0.4, 0.8)))
+  np.testing.assert_allclose(w, density / density.mean(), rtol=1e-5, atol=1e-12)
+  assert np.mean(w) == pytest.approx(1.0, rel=1e-5)
+  assert abs(int(np.argmax(w)) - 600) < 100  # near sigmoid(0.4) = 0.6 of the way, skewed
+  standard = diffusion.logit_normal_density(1000, 0.0, 1.0)
+  assert standard[500] == pytest.approx(1.596, abs=0.01) and standard[950] < 0.12
+  snr = np.asarray(sched.alphas_cumprod / (1 - sched.alphas_cumprod))
+  for param, factor in (("eps", snr), ("v", snr + 1)):
+    got = np.asarray(diffusion.timestep_weights(sched, "logit_normal", param, logit_normal=(0.4, 0.8)))
+    np.testing.assert_allclose(got * factor, w, rtol=1e-4)
+  with pytest.raises(ValueError, match="logit_normal"):
+    diffusion.timestep_weights(sched, "lognormal", "x0")
+
+
 def test_ddim_timesteps():
   ts = diffusion.ddim_timesteps(1000, 50)
   assert ts[0] == 999 and ts[-1] == -1 and len(ts) == 51

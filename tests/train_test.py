@@ -50,13 +50,22 @@ def run_steps(config, devices, n, batch):
   return losses, jax.device_get(state)
 
 
-def test_loss_falls_on_a_fixed_batch():
+@pytest.mark.parametrize("weighting", ["none", "logit_normal"])
+def test_loss_falls_on_a_fixed_batch(weighting):
   config = tiny.get_config()
   config.mesh.shape = (1, 1, 1)
+  config.diffusion.loss_weighting = weighting
   config.optimizer.learning_rate = 3e-3
   losses, state = run_steps(config, jax.devices()[:1], 40, fixed_batch(config))
   assert int(state["step"]) == 40
   assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+  # The first step sees the same batch, noise and timesteps as the unweighted reference: its
+  # loss is the reference's exactly when the weighting is off, and differs when it is on.
+  unweighted = one_device_reference()[0][0]
+  if weighting == "none":
+    assert losses[0] == pytest.approx(unweighted, rel=1e-5)
+  else:
+    assert losses[0] != pytest.approx(unweighted, rel=1e-2)
 
 
 @functools.lru_cache(maxsize=1)
