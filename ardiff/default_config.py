@@ -225,6 +225,10 @@ def get_default_config() -> mc.ConfigDict:
   # The frame autoencoder (stage 1; ardiff/models/autoencoder.py). The paper's size: ViT-L
   # encoder and decoder over 16x16 patches of 256x256 frames, 32 latent tokens x 4 channels.
   c.autoencoder = ae = mc.ConfigDict()
+  # "titok": the paper's (the reference's 1D tokenizer); "conv": convolutional, latents on a
+  # grid of image_size / 2**(len(channel_mult) - 1) cells (ardiff/models/conv_autoencoder.py;
+  # it uses the pixel decoder's fields and num_latent_tokens, token_channels, logvar_init).
+  ae.kind = "titok"
   ae.image_size = resolution  # frames in and out (tied to data.resolution)
   ae.patch_size = 16  # = 2**(len(channel_mult) - 1): the pixel decoder upsamples the grid back
   ae.width = 1024

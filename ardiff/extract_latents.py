@@ -102,6 +102,8 @@ def extract_split(config, ae, source, split_dir: str, encoder, identity: dict, *
     for i in indices:
       record = source[i]
       video = frames_lib.resize_frames(np.asarray(record["video"]), ae.image_size)
+      if config.data.get("grayscale", False):  # as the autoencoder trained on them
+        video = frames_lib.grayscale(video)
       latents = encode_frames(encoder, video, config.latents.extract_batch_size)
       num_frames[i] = len(latents)
       records.append(latents_lib.encode_record(latents, int(record["label"]), i))
@@ -148,6 +150,8 @@ def extract(config, workdir: str, *, progress: bool = True) -> dict:
                 "split_number": int(config.data.split_number),
                 "resolution": int(ae.image_size), "autoencoder_step": step,
                 "autoencoder_workdir": os.path.abspath(workdir)}
+    if config.data.get("grayscale", False):  # (absent for colour: earlier extractions match)
+      identity["grayscale"] = True
     split_dir = latents_lib.split_dir(config, split, workdir)
     out[split] = extract_split(config, ae, source, split_dir, encoder, identity,
                                progress=progress)

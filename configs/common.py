@@ -43,8 +43,9 @@ def runlocal(c):
             and c.model.in_channels == p * p * 3)
   c.data.resolution = 16  # pixel configs' tokens follow (FieldReferences of default_config)
   c.data.patch_size = 4
+  conv = c.autoencoder.get("kind", "titok") == "conv"
   if not pixels and c.trainer != "autoencoder":  # the latents of a runlocal autoencoder
-    c.model.tokens_per_frame, c.model.in_channels = 8, 4
+    c.model.tokens_per_frame, c.model.in_channels = (16 if conv else 8), 4
   c.model.hidden_size = 32
   c.model.depth = 2
   c.model.num_heads = 2
@@ -54,8 +55,8 @@ def runlocal(c):
   ae.patch_size, ae.channel_mult, ae.num_res_blocks = 4, (1, 1, 2), 1
   ae.width, ae.encoder_depth, ae.decoder_depth, ae.num_heads = 32, 1, 1, 2
   ae.pixel_vocab, ae.z_channels, ae.pixel_hidden_channels, ae.norm_groups = 64, 32, 32, 8
-  if c.trainer == "autoencoder":
-    ae.num_latent_tokens, ae.token_channels = 8, 4
+  if c.trainer == "autoencoder":  # the conv kind's grid: 16x16 frames halved twice
+    ae.num_latent_tokens, ae.token_channels = (16 if conv else 8), 4
   ae.loss.disc_channels, ae.loss.disc_layers = 16, 2
   ae.loss.lpips_net = "vgg16"  # AlexNet's LPIPS needs frames of 32x32 or more
   if ae.loss.gan_start_step > 0:

@@ -1,16 +1,28 @@
 """Stage 2 of the two-stage demo: the demo's DiT on the latents of configs/demo_vae.py (16
 tokens x 8 channels per frame), 16-frame clips, FoPP. Set --config.latents.autoencoder_workdir
-to the autoencoder's workdir after `--mode=extract_latents` there; `:runlocal` shrinks it."""
+to the autoencoder's workdir after `--mode=extract_latents` there; `:runlocal` shrinks it.
+
+`:conv`: on the latents of `configs/demo_vae.py:conv` (16 tokens x 16 channels on a 4x4 grid,
+in [-1, 1]) with the pixel demo's recipe and sampler (configs/demo.py), over an 8-frame window:
+128 tokens per clip, half the pixel demo's 256."""
 
 from configs import common
 from configs import demo
 
 
 def get_config(arg=None):
-  runlocal = common.parse_arg(arg)
-  c = demo.get_16_frame_config()  # as measured in the README
-  c.model.tokens_per_frame = 16  # the autoencoder's latent tokens, not pixel patches
-  c.model.in_channels = 8
-  c.sampling.clip_denoised = False  # latents are not in [-1, 1]
+  args = common.parse_args(arg, allowed=("runlocal", "conv"))
+  if "conv" in args:
+    c = demo.get_config()
+    c.autoencoder.kind = "conv"  # whose latents (runlocal shrinks by it)
+    c.num_frames = 8
+    c.model.tokens_per_frame = 16  # a 4x4 grid: the axial RoPE's rows and columns
+    c.model.in_channels = 16
+    c.sampling.clip_denoised = True  # tanh latents: in [-1, 1] as pixels are
+  else:
+    c = demo.get_16_frame_config()  # as measured in the README
+    c.model.tokens_per_frame = 16  # the autoencoder's latent tokens, not pixel patches
+    c.model.in_channels = 8
+    c.sampling.clip_denoised = False  # latents are not in [-1, 1]
   c.latents.autoencoder_workdir = None  # required: the demo autoencoder's workdir
-  return common.runlocal(c) if runlocal else c
+  return common.runlocal(c) if "runlocal" in args else c

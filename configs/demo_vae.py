@@ -8,7 +8,9 @@ frames -> 16 latent tokens x 8 channels, trained on 2 CPU cores in about a quart
       --config.latents.autoencoder_workdir=/tmp/ardiff_vae
 
 `:temporal` fine-tunes its temporal decoder (--config.autoencoder.init_from=/tmp/ardiff_vae);
-`:runlocal` shrinks either to a minute.
+`:conv` is the convolutional autoencoder instead of the paper's tokenizer (white digits, a 4x4
+grid of 16 latent tokens x 16 channels, in [-1, 1]; stage 2: configs/demo_latent.py:conv);
+`:runlocal` shrinks any of them to a minute.
 """
 
 from ardiff import default_config
@@ -16,7 +18,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_args(arg, allowed=("runlocal", "temporal"))
+  args = common.parse_args(arg, allowed=("runlocal", "temporal", "conv"))
   c = default_config.get_default_config()
   c.trainer = "autoencoder"
   c.num_frames = 1
@@ -47,6 +49,14 @@ def get_config(arg=None):
   # AlexNet's LPIPS: at 32x32, VGG16's costs 100x more FLOPs than the autoencoder itself (6x
   # slower steps on a 2-core CPU); the paper's configs keep VGG16.
   ae.loss.lpips_net = "alexnet"
+  if "conv" in args:
+    c.data.grayscale = True  # the pixel demo's white digits
+    ae.kind = "conv"
+    ae.use_l2_norm = False  # its latents are bounded by tanh instead
+    ae.channel_mult = (1, 2, 2, 4)  # 32x32 -> a 4x4 grid
+    ae.num_latent_tokens, ae.token_channels = 16, 16
+    ae.pixel_hidden_channels = 32
+    c.num_train_steps = 1000
   if "temporal" in args:
     common.temporal_finetune(c)
     c.global_batch_size = 8

@@ -17,6 +17,7 @@ from ardiff import generate
 from ardiff import sharding
 from ardiff import train_autoencoder
 from ardiff.models import autoencoder as autoencoder_lib
+from ardiff.models import conv_autoencoder
 from ardiff.models import discriminator as discriminator_lib
 from ardiff.models import lpips as lpips_lib
 from ardiff.models import pixel_decoder as pixel_decoder_lib
@@ -61,6 +62,59 @@ def test_shapes_of_every_piece():
   disc = discriminator_lib.PatchDiscriminator(16, 2)
   d_params = disc.init(jax.random.key(0), x[:, 0])
   assert disc.apply(d_params, x[:, 0]).shape == (2, 2, 2, 1)  # 16 -> 8 -> 4 -> 3 -> 2
+
+
+CONV = dict(image_size=16, num_latent_tokens=16, token_channels=4, hidden_channels=16,
+            channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8)
+
+
+def test_conv_autoencoder_shapes_range_and_token_order():
+  model = conv_autoencoder.ConvFrameAutoencoder(**CONV)
+  x = frames()
+  params = nn.unbox(model.init(jax.random.key(0), x))["params"]
+  params = {**randomized(params), "encoder": {**randomized(params["encoder"]),
+                                              "conv_out": params["encoder"]["conv_out"]}}
+  mean, logvar = model.apply({"params": params}, x, method="encode")
+  assert mean.shape == logvar.shape == (2, 3, 16, 4)  # 16x16 halved twice: a 4x4 grid
+  assert float(jnp.abs(mean).max()) <= 1.0 and float(jnp.std(mean)) > 0.1  # tanh, not collapsed
+  assert abs(float(logvar.mean()) + 10.0) < 2.0  # starts at logvar_init, as the reference's
+  # Token n is grid cell (n // 4, n % 4) of the encoder's map, frame by frame.
+  grid, _ = model.apply({"params": params}, x.reshape((6, 16, 16, 3)) * 2 - 1,
+                        method=lambda m, a: m.encoder(a))
+  np.testing.assert_array_equal(mean, grid.reshape(2, 3, 16, 4))
+  rec, _, _ = model.apply({"params": params}, x)
+  np.testing.assert_allclose(rec, model.apply({"params": params}, mean, method="decode"),
+                             atol=1e-6)  # no rng: the posterior mean
+  assert rec.shape == x.shape and np.isfinite(rec).all()
+  h = model.apply({"params": params}, mean, method="decode_features")
+  assert h.shape == (2, 3, 16, 16, 16)
+  # The trainer's GAN hook: the last layer where FrameAutoencoder has it.
+  assert params["pixel_decoder"]["conv_out"]["kernel"].shape == (3, 3, 16, 3)
+  # Each frame on its own: frame 1 encoded alone gives the same tokens.
+  alone, _ = model.apply({"params": params}, x[:, 1:2], method="encode")
+  np.testing.assert_allclose(alone, mean[:, 1:2], atol=1e-6)
+
+
+def test_build_autoencoder_checks_the_conv_kind():
+  ae = ml_collections.ConfigDict({
+      "kind": "conv", "image_size": 16, "num_latent_tokens": 16, "token_channels": 4,
+      "logvar_init": -10.0, "pixel_hidden_channels": 16, "channel_mult": (1, 2, 2),
+      "num_res_blocks": 1, "norm_groups": 8, "dtype": "float32", "param_dtype": "float32",
+      "temporal": False, "use_l2_norm": False})
+  model = autoencoder_lib.build_autoencoder(ae)
+  assert isinstance(model, conv_autoencoder.ConvFrameAutoencoder) and model.grid == 4
+  wrong = ml_collections.ConfigDict(ae.to_dict())
+  wrong.num_latent_tokens = 8
+  with pytest.raises(ValueError, match=r"num_latent_tokens = 16 \(not 8\)"):
+    autoencoder_lib.build_autoencoder(wrong).init(jax.random.key(0), frames())
+  for field, value in (("use_l2_norm", True), ("temporal", True)):
+    bad = ml_collections.ConfigDict(ae.to_dict())
+    bad[field] = value
+    with pytest.raises(ValueError, match=f"autoencoder.{field}=False"):
+      autoencoder_lib.build_autoencoder(bad)
+  bad.kind = "vqgan"
+  with pytest.raises(ValueError, match="autoencoder.kind='vqgan'"):
+    autoencoder_lib.build_autoencoder(bad)
 
 
 def test_encoder_output_mixes_tokens_as_the_reference_reshape_does():
@@ -196,6 +250,14 @@ def test_a_few_steps_lower_the_loss_and_the_gan_switches_on(make_config):
   flat = lambda s: np.concatenate([np.ravel(a) for a in jax.tree.leaves(s["disc_params"])])
   np.testing.assert_array_equal(flat(states[6]), flat(states[0]))  # untouched before the GAN
   assert not np.allclose(flat(states[7]), flat(states[6]))
+
+
+def test_conv_autoencoder_learns_in_a_few_steps(make_config):
+  config = make_config("demo_vae:conv", **{"optimizer.learning_rate": 3e-3})
+  assert config.autoencoder.kind == "conv" and config.autoencoder.num_latent_tokens == 16
+  history, _ = run_steps(config, 8)
+  losses_ = [float(m["l1"]) + float(m["lpips"]) for m in history]
+  assert np.mean(losses_[5:]) < 0.8 * np.mean(losses_[:3]), losses_
 
 
 @pytest.mark.parametrize("window", [0, 2])

@@ -29,12 +29,14 @@ def tfds_dir(tmp_path_factory):
 
 
 def runlocal_config(name: str = "tiny", data_dir: str | None = None, **overrides):
-  """configs/<name>.py at its runlocal size (configs.common.runlocal), reading data_dir.
+  """configs/<name>.py at its runlocal size (configs.common.runlocal), reading data_dir; a name
+  "<file>:<arg>" passes the config argument too ("demo_vae:conv" -> "conv,runlocal").
 
   overrides: config fields, dotted paths as keys (**{"optimizer.learning_rate": 1e-2}).
   """
+  name, _, arg = name.partition(":")
   module = importlib.import_module(f"configs.{name}")
-  c = module.get_config("runlocal")
+  c = module.get_config(f"{arg},runlocal" if arg else "runlocal")
   c.data.data_dir = data_dir
   for key, value in overrides.items():
     *path, last = key.split(".")

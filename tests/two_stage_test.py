@@ -108,6 +108,34 @@ def test_stage2_trains_on_latents_and_samples_decode_to_video(stage1, make_confi
   np.testing.assert_array_equal(samples[:, :2], generate.tokens_to_video(config, tokens))
 
 
+def test_the_conv_autoencoder_runs_both_stages_on_white_digits(make_config, tmp_path):
+  """demo_vae:conv -> its latents (grey frames, in [-1, 1]) -> demo_latent:conv -> video."""
+  vae = str(tmp_path / "vae")
+  config = make_config("demo_vae:conv", num_train_steps=2, **{"latents.shard_size": 512})
+  train_autoencoder.train_and_evaluate(config, vae)
+  manifests = extract_latents.extract(config, vae, progress=False)
+  assert manifests["train"]["tokens_per_frame"] == 16 and manifests["train"]["channels"] == 4
+  assert manifests["train"]["identity"]["grayscale"]
+  record = latents_lib.LatentSource(latents_lib.split_dir(config, "train", vae))[3]
+  assert record["latents"].shape == (32, 16, 4) and np.abs(record["latents"]).max() <= 1
+  # The latents are those of the white digits the autoencoder trained on.
+  params, _, _ = autoencoder_state.load_params(vae)
+  video = datasets.open_split(config.data.name, "train", config.data.data_dir)[3]["video"]
+  x = frames_lib.grayscale(frames_lib.resize_frames(np.asarray(video), 16))
+  model = autoencoder_lib.build_autoencoder(config.autoencoder)
+  mean, _ = model.apply({"params": params}, x[None].astype(np.float32) / 255, method="encode")
+  np.testing.assert_allclose(record["latents"], np.asarray(mean[0]), rtol=1e-4, atol=1e-5)
+
+  stage2 = make_config("demo_latent:conv", num_train_steps=2, checkpoint_every_steps=2,
+                       **{"latents.autoencoder_workdir": vae})
+  assert (stage2.model.tokens_per_frame, stage2.model.in_channels) == (16, 4)
+  out = str(tmp_path / "stage2")
+  assert np.isfinite(train.train_and_evaluate(stage2, out)["loss"])
+  stage2.sampling.num_videos, stage2.sampling.num_frames = 2, 6
+  samples = np.load(generate.sample_and_save(stage2, out)["npy"])
+  assert samples.shape == (2, 6, 16, 16, 3) and samples.dtype == np.uint8
+
+
 def test_missing_steps_are_named(stage1, make_config, tmp_path):
   _, workdir, _ = stage1
   with pytest.raises(ValueError, match=r"(?s)latents.autoencoder_workdir.*_vae.py"):

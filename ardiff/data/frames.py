@@ -28,3 +28,9 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
       np.asarray(Image.fromarray(f).resize((size, size), resample=resample)) for f in flat
   ])
   return out.reshape(frames.shape[:-3] + (size, size, frames.shape[-1]))
+
+
+def grayscale(frames: np.ndarray) -> np.ndarray:
+  """uint8 frames [..., 3] -> white on black: each pixel's brightest channel in all three
+  (config.data.grayscale)."""
+  return np.repeat(frames.max(axis=-1, keepdims=True), 3, axis=-1)

@@ -52,7 +52,7 @@ class RandomClip(grain.transforms.RandomMap):
     if self.resolution is not None:
       clip = frames.resize_frames(clip, self.resolution)
     if self.grayscale:
-      clip = np.repeat(clip.max(axis=-1, keepdims=True), 3, axis=-1)
+      clip = frames.grayscale(clip)
     return {self.key: clip, "label": np.int32(record["label"])}
 
 

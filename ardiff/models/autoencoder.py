@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ardiff.models import conv_autoencoder
 from ardiff.models import pixel_decoder as pixel_decoder_lib
 from ardiff.models.layers import named
 
@@ -430,8 +431,26 @@ class FrameAutoencoder(nn.Module):
     return self.decode(z), mean, logvar
 
 
-def build_autoencoder(ae) -> FrameAutoencoder:
-  """The model of a config's autoencoder section (config.autoencoder)."""
+KINDS = ("titok", "conv")
+
+
+def build_autoencoder(ae) -> FrameAutoencoder | conv_autoencoder.ConvFrameAutoencoder:
+  """The model of a config's autoencoder section (config.autoencoder); its `kind` picks the
+  paper's 1D tokenizer ("titok") or the convolutional one of small demos ("conv")."""
+  kind = ae.get("kind", "titok")
+  if kind not in KINDS:
+    raise ValueError(f"config.autoencoder.kind={kind!r}: one of {KINDS}.")
+  if kind == "conv":
+    if ae.temporal or ae.use_l2_norm:
+      raise ValueError(
+          "autoencoder.kind='conv' has no temporal decoder and bounds its latents with tanh:"
+          " set autoencoder.temporal=False and autoencoder.use_l2_norm=False.")
+    return conv_autoencoder.ConvFrameAutoencoder(
+        image_size=ae.image_size, num_latent_tokens=ae.num_latent_tokens,
+        token_channels=ae.token_channels, logvar_init=ae.logvar_init,
+        hidden_channels=ae.pixel_hidden_channels, channel_mult=tuple(ae.channel_mult),
+        num_res_blocks=ae.num_res_blocks, norm_groups=ae.norm_groups,
+        dtype=jnp.dtype(ae.dtype), param_dtype=jnp.dtype(ae.param_dtype))
   return FrameAutoencoder(
       image_size=ae.image_size, patch_size=ae.patch_size, width=ae.width,
       encoder_depth=ae.encoder_depth, decoder_depth=ae.decoder_depth, num_heads=ae.num_heads,
