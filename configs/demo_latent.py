@@ -2,9 +2,9 @@
 tokens x 8 channels per frame), 16-frame clips, FoPP. Set --config.latents.autoencoder_workdir
 to the autoencoder's workdir after `--mode=extract_latents` there; `:runlocal` shrinks it.
 
-`:conv`: on the latents of `configs/demo_vae.py:conv` (16 tokens x 16 channels on a 4x4 grid,
-in [-1, 1]) with the pixel demo's recipe and sampler (configs/demo.py), over an 8-frame window:
-128 tokens per clip, half the pixel demo's 256."""
+`:conv`: on the latents of `configs/demo_vae.py:conv` (64 tokens x 4 channels on an 8x8 grid,
+in [-1, 1]) with the pixel demo's recipe, window and sampler (configs/demo.py): the same tokens
+per clip as the pixel demo's 4x4-pixel patches, 4 channels each instead of 48."""
 
 from configs import common
 from configs import demo
@@ -15,9 +15,8 @@ def get_config(arg=None):
   if "conv" in args:
     c = demo.get_config()
     c.autoencoder.kind = "conv"  # whose latents (runlocal shrinks by it)
-    c.num_frames = 8
-    c.model.tokens_per_frame = 16  # a 4x4 grid: the axial RoPE's rows and columns
-    c.model.in_channels = 16
+    c.model.tokens_per_frame = 64  # an 8x8 grid: the axial RoPE's rows and columns
+    c.model.in_channels = 4
     c.sampling.clip_denoised = True  # tanh latents: in [-1, 1] as pixels are
   else:
     c = demo.get_16_frame_config()  # as measured in the README

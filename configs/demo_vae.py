@@ -8,8 +8,8 @@ frames -> 16 latent tokens x 8 channels, trained on 2 CPU cores in about a quart
       --config.latents.autoencoder_workdir=/tmp/ardiff_vae
 
 `:temporal` fine-tunes its temporal decoder (--config.autoencoder.init_from=/tmp/ardiff_vae);
-`:conv` is the convolutional autoencoder instead of the paper's tokenizer (white digits, a 4x4
-grid of 16 latent tokens x 16 channels, in [-1, 1]; stage 2: configs/demo_latent.py:conv);
+`:conv` is the convolutional autoencoder instead of the paper's tokenizer (white digits, an 8x8
+grid of 64 latent tokens x 4 channels, in [-1, 1]; stage 2: configs/demo_latent.py:conv);
 `:runlocal` shrinks any of them to a minute.
 """
 
@@ -53,8 +53,10 @@ def get_config(arg=None):
     c.data.grayscale = True  # the pixel demo's white digits
     ae.kind = "conv"
     ae.use_l2_norm = False  # its latents are bounded by tanh instead
-    ae.channel_mult = (1, 2, 2, 4)  # 32x32 -> a 4x4 grid
-    ae.num_latent_tokens, ae.token_channels = 16, 16
+    # 32x32 -> an 8x8 grid of 4 channels: test PSNR 28.4 dB after 1000 steps; a 4x4 grid of 16
+    # (8x smaller frames) 20.4 dB, its digits' shapes lost (docs/demo.md).
+    ae.channel_mult = (1, 2, 2)
+    ae.num_latent_tokens, ae.token_channels = 64, 4
     ae.pixel_hidden_channels = 32
     c.num_train_steps = 1000
   if "temporal" in args:
