@@ -12,8 +12,8 @@ from configs import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ["taichi", "sky_timelapse", "faceforensics", "ucf101"]
-CONFIGS = ["demo", "tiny", "demo_latent", *DATASETS]  # stage 2 (the DiT)
-VAE_CONFIGS = ["demo_vae", "demo_vae:temporal", *[f"{d}_vae" for d in DATASETS],
+CONFIGS = ["demo", "tiny", "demo_latent", "demo_latent:conv", *DATASETS]  # stage 2 (the DiT)
+VAE_CONFIGS = ["demo_vae", "demo_vae:temporal", "demo_vae:conv", *[f"{d}_vae" for d in DATASETS],
                *[f"{d}_vae:temporal" for d in DATASETS]]  # stage 1 (the frame autoencoder)
 
 
@@ -63,8 +63,9 @@ def test_runlocal_shrinks_every_config(name):
             and full.model.in_channels == p * p * 3)
   if pixels:
     assert (small.model.tokens_per_frame, small.model.in_channels) == (16, 48)
-  else:  # the latents of a runlocal autoencoder (below)
-    assert (small.model.tokens_per_frame, small.model.in_channels) == (8, 4)
+  else:  # the latents of a runlocal autoencoder (below; the conv kind's: a 4x4 grid)
+    tokens = 16 if full.autoencoder.kind == "conv" else 8
+    assert (small.model.tokens_per_frame, small.model.in_channels) == (tokens, 4)
   if full.sampling.num_frames:  # long-video sampling stays long relative to the window
     assert small.sampling.num_frames * full.num_frames == full.sampling.num_frames * 4
 
@@ -76,7 +77,8 @@ def test_runlocal_shrinks_every_autoencoder_config(name):
   assert small.data.name == full.data.name
   ae = small.autoencoder
   assert (ae.image_size, ae.patch_size, ae.width) == (16, 4, 32)
-  assert (ae.num_latent_tokens, ae.token_channels) == (8, 4)  # what stage 2's runlocal expects
+  # What stage 2's runlocal expects (the conv kind: 16x16 frames halved twice, a 4x4 grid).
+  assert (ae.num_latent_tokens, ae.token_channels) == ((16 if ae.kind == "conv" else 8), 4)
   assert small.num_frames == (4 if full.autoencoder.temporal else 1)
   assert ae.temporal == full.autoencoder.temporal
   assert ae.train_only_temporal == full.autoencoder.train_only_temporal
