@@ -46,7 +46,6 @@ from ardiff import diffusion
 from ardiff import generate
 from ardiff import sampling
 from ardiff import video_io
-from ardiff.data import patches
 from ardiff.evaluation import fvd
 from ardiff.evaluation import metrics
 from ardiff.evaluation import run as evaluation
@@ -87,8 +86,8 @@ def context_frame(config) -> int:
 def context_gains(config, params) -> dict:
   """metrics.context_gain of the model on real clips of its window, per timestep."""
   model = build_model(config)
-  clips = evaluation.real_clips(config, CONTEXT_CLIPS, config.model.num_frames)
-  x0 = jnp.asarray(patches.video_to_tokens(config, clips))
+  # (stage 2: in latent space, so not comparable with a pixel model's)
+  x0 = jnp.asarray(evaluation.real_tokens(config, CONTEXT_CLIPS, config.model.num_frames))
   apply = jax.jit(lambda x, t: model.apply({"params": params}, x, t, None))
   sched = diffusion.schedule_from_config(config.diffusion)
   return {str(t): metrics.context_gain(apply, sched, config.diffusion.parameterization, x0, t,

@@ -18,6 +18,7 @@ from ardiff.data import datasets
 from ardiff.data import frames as frames_lib
 from ardiff.data import latents as latents_lib
 from ardiff.data import pipeline
+from ardiff.evaluation import run as evaluation
 from ardiff.models import autoencoder as autoencoder_lib
 from configs import common
 
@@ -129,6 +130,9 @@ def test_the_conv_autoencoder_runs_both_stages_on_white_digits(make_config, tmp_
   stage2 = make_config("demo_latent:conv", num_train_steps=2, checkpoint_every_steps=2,
                        **{"latents.autoencoder_workdir": vae})
   assert (stage2.model.tokens_per_frame, stage2.model.in_channels) == (16, 4)
+  # What demo_quality's context gain reads for stage 2: the latents of held-out clips.
+  tokens = evaluation.real_tokens(stage2, 3, 4)
+  assert tokens.shape == (3, 4, 16, 4) and np.abs(tokens).max() <= 1
   out = str(tmp_path / "stage2")
   assert np.isfinite(train.train_and_evaluate(stage2, out)["loss"])
   stage2.sampling.num_videos, stage2.sampling.num_frames = 2, 6

@@ -18,6 +18,7 @@ import numpy as np
 from ardiff import checkpoint
 from ardiff import generate
 from ardiff.data import datasets
+from ardiff.data import patches
 from ardiff.data import pipeline
 from ardiff.evaluation import fvd
 from ardiff.evaluation import i3d
@@ -45,6 +46,19 @@ def real_clips(config, num_videos: int, num_frames: int) -> np.ndarray:
         f" {c.data.name}: {e}{hint}"
     ) from e
   return clips
+
+
+def real_tokens(config, num_clips: int, num_frames: int) -> np.ndarray:
+  """Real clips as the model's input tokens [N, F, L, C]: the pixel patches of real_clips, or
+  for a stage-2 config the latents of clips of its own dataset (data.name: the latents of
+  eval.data_name are not extracted), from eval.split with eval.seed."""
+  if not config.latents.autoencoder_workdir:
+    return patches.video_to_tokens(config, real_clips(config, num_clips, num_frames))
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.num_frames = num_frames
+  tokens, _ = pipeline.load_clips(c, config.eval.split, num_clips, seed=config.eval.seed,
+                                  latents=True)
+  return tokens
 
 
 def real_features_path(config, num_videos: int, num_frames: int) -> str:
