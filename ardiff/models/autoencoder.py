@@ -348,7 +348,7 @@ class Decoder(nn.Module):
     return x.astype(jnp.float32)
 
 
-class FrameAutoencoder(nn.Module):
+class FrameAutoencoder(pixel_decoder_lib.PixelDecodedAutoencoder):
   """The stage-1 model (module docstring). Methods, applied as model.apply(v, ..., method=...):
 
     encode(pixels [B, F, H, W, 3] in [0, 1]) -> (mean, logvar) [B, F, N, C]
@@ -416,19 +416,6 @@ class FrameAutoencoder(nn.Module):
     logits = self.decoder(z)  # [B * F, g, g, V]
     h = self.pixel_decoder.features(self.pixel_quantize_conv(jax.nn.softmax(logits, axis=-1)))
     return h.reshape((b, f) + h.shape[1:])
-
-  def decode_output(self, h):
-    return self.pixel_decoder.output(h)
-
-  def decode(self, z):
-    return self.decode_output(self.decode_features(z))
-
-  def __call__(self, pixels, rng=None):
-    mean, logvar = self.encode(pixels)
-    z = mean
-    if rng is not None:
-      z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
-    return self.decode(z), mean, logvar
 
 
 KINDS = ("titok", "conv")

@@ -22,7 +22,6 @@ latent extraction and decoding do not tell the two apart. No temporal decoder.
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ardiff.models import pixel_decoder as pixel_decoder_lib
@@ -73,7 +72,7 @@ class ConvEncoder(nn.Module):
     return jnp.tanh(mean), logvar
 
 
-class ConvFrameAutoencoder(nn.Module):
+class ConvFrameAutoencoder(pixel_decoder_lib.PixelDecodedAutoencoder):
   """Methods as FrameAutoencoder's:
 
     encode(pixels [B, F, H, W, 3] in [0, 1]) -> (mean, logvar) [B, F, N, C], N = g * g
@@ -126,16 +125,3 @@ class ConvFrameAutoencoder(nn.Module):
     grid = z.reshape((b * f, self.grid, self.grid, self.token_channels))
     h = self.pixel_decoder.features(grid)
     return h.reshape((b, f) + h.shape[1:])
-
-  def decode_output(self, h):
-    return self.pixel_decoder.output(h)
-
-  def decode(self, z):
-    return self.decode_output(self.decode_features(z))
-
-  def __call__(self, pixels, rng=None):
-    mean, logvar = self.encode(pixels)
-    z = mean
-    if rng is not None:
-      z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
-    return self.decode(z), mean, logvar

@@ -9,6 +9,7 @@ level 0) to the finest, GroupNorm + SiLU + conv_out. Convolutions are NHWC here.
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ardiff.models.layers import named
@@ -121,3 +122,23 @@ class PixelDecoder(nn.Module):
 
   def __call__(self, z):
     return self.output(self.features(z))
+
+
+class PixelDecodedAutoencoder(nn.Module):
+  """What the frame autoencoders that end in this pixel decoder share (autoencoder.py's
+  FrameAutoencoder, conv_autoencoder.py's ConvFrameAutoencoder): given their encode(pixels) ->
+  (mean, logvar) and decode_features(z) (everything up to the pixel decoder's conv_out, in
+  self.pixel_decoder), the decoder's last layer, the whole decoder, and the forward pass."""
+
+  def decode_output(self, h):
+    return self.pixel_decoder.output(h)
+
+  def decode(self, z):
+    return self.decode_output(self.decode_features(z))
+
+  def __call__(self, pixels, rng=None):
+    mean, logvar = self.encode(pixels)
+    z = mean
+    if rng is not None:
+      z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+    return self.decode(z), mean, logvar
