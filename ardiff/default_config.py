@@ -238,6 +238,9 @@ def get_default_config() -> mc.ConfigDict:
   ae.mlp_ratio = 4.0
   ae.num_latent_tokens = 32
   ae.token_channels = 4
+  # conv only: each latent token is a latent_patch_size x latent_patch_size patch of grid
+  # cells (token_channels = its cells' channels), as pixel patches are of pixels.
+  ae.latent_patch_size = 1
   ae.use_l2_norm = True  # decode L2-normalised latent tokens (every paper config)
   # The posterior's initial log-variance (encoder bias): near-deterministic at the start, so that
   # sampled latents carry the frame from the first step (the reference starts from pretrained

@@ -44,8 +44,12 @@ def runlocal(c):
   c.data.resolution = 16  # pixel configs' tokens follow (FieldReferences of default_config)
   c.data.patch_size = 4
   conv = c.autoencoder.get("kind", "titok") == "conv"
+  # A runlocal autoencoder's tokens: the conv kind's 4x4 grid (16x16 frames halved twice) of 4
+  # channels, read in latent_patch_size patches; the tokenizer's 8 tokens of 4.
+  cells = c.autoencoder.get("latent_patch_size", 1) ** 2 if conv else 1
+  small_tokens = ((16 if conv else 8) // cells, 4 * cells)
   if not pixels and c.trainer != "autoencoder":  # the latents of a runlocal autoencoder
-    c.model.tokens_per_frame, c.model.in_channels = (16 if conv else 8), 4
+    c.model.tokens_per_frame, c.model.in_channels = small_tokens
   c.model.hidden_size = 32
   c.model.depth = 2
   c.model.num_heads = 2
@@ -55,8 +59,8 @@ def runlocal(c):
   ae.patch_size, ae.channel_mult, ae.num_res_blocks = 4, (1, 1, 2), 1
   ae.width, ae.encoder_depth, ae.decoder_depth, ae.num_heads = 32, 1, 1, 2
   ae.pixel_vocab, ae.z_channels, ae.pixel_hidden_channels, ae.norm_groups = 64, 32, 32, 8
-  if c.trainer == "autoencoder":  # the conv kind's grid: 16x16 frames halved twice
-    ae.num_latent_tokens, ae.token_channels = (16 if conv else 8), 4
+  if c.trainer == "autoencoder":
+    ae.num_latent_tokens, ae.token_channels = small_tokens
   ae.loss.disc_channels, ae.loss.disc_layers = 16, 2
   ae.loss.lpips_net = "vgg16"  # AlexNet's LPIPS needs frames of 32x32 or more
   if ae.loss.gan_start_step > 0:

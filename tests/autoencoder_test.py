@@ -95,6 +95,30 @@ def test_conv_autoencoder_shapes_range_and_token_order():
   np.testing.assert_allclose(alone, mean[:, 1:2], atol=1e-6)
 
 
+def test_conv_latent_patches_regroup_the_grid_losslessly():
+  """latent_patch_size 2: the same parameters and reconstructions, each token the 2x2 patch of
+  cells (row-major, channels last) of the ungrouped model's tokens."""
+  cells = conv_autoencoder.ConvFrameAutoencoder(**CONV)
+  patches = conv_autoencoder.ConvFrameAutoencoder(
+      **{**CONV, "num_latent_tokens": 4, "token_channels": 16, "latent_patch_size": 2})
+  x = frames()
+  params = nn.unbox(cells.init(jax.random.key(0), x))["params"]
+  shapes = lambda tree: jax.tree.map(np.shape, tree)
+  assert shapes(params) == shapes(nn.unbox(patches.init(jax.random.key(0), x))["params"])
+  params = {**randomized(params), "encoder": {**randomized(params["encoder"]),
+                                              "conv_out": params["encoder"]["conv_out"]}}
+  mean, logvar = cells.apply({"params": params}, x, method="encode")
+  pmean, plogvar = patches.apply({"params": params}, x, method="encode")
+  assert pmean.shape == plogvar.shape == (2, 3, 4, 16)
+  grid = np.asarray(mean).reshape(2, 3, 4, 4, 4)  # [B, F, row, column, channel]
+  for token, (r, c) in enumerate([(0, 0), (0, 2), (2, 0), (2, 2)]):
+    np.testing.assert_array_equal(pmean[:, :, token],
+                                  grid[:, :, r:r + 2, c:c + 2].reshape(2, 3, 16))
+  np.testing.assert_array_equal(plogvar[:, :, 1, :4], np.asarray(logvar)[:, :, 2])
+  np.testing.assert_array_equal(patches.apply({"params": params}, pmean, method="decode"),
+                                cells.apply({"params": params}, mean, method="decode"))
+
+
 def test_build_autoencoder_checks_the_conv_kind():
   ae = ml_collections.ConfigDict({
       "kind": "conv", "image_size": 16, "num_latent_tokens": 16, "token_channels": 4,
@@ -112,6 +136,16 @@ def test_build_autoencoder_checks_the_conv_kind():
     bad[field] = value
     with pytest.raises(ValueError, match=f"autoencoder.{field}=False"):
       autoencoder_lib.build_autoencoder(bad)
+  wrong.num_latent_tokens = 16
+  wrong.latent_patch_size = 2
+  with pytest.raises(ValueError, match=r"num_latent_tokens = 4 \(not 16\)"):
+    autoencoder_lib.build_autoencoder(wrong).init(jax.random.key(0), frames())
+  wrong.latent_patch_size = 3
+  with pytest.raises(ValueError, match=r"latent_patch_size \(3\) that divides 4"):
+    autoencoder_lib.build_autoencoder(wrong).init(jax.random.key(0), frames())
+  wrong.kind = "titok"
+  with pytest.raises(ValueError, match="latent_patch_size is the conv kind's"):
+    autoencoder_lib.build_autoencoder(wrong)
   bad.kind = "vqgan"
   with pytest.raises(ValueError, match="autoencoder.kind='vqgan'"):
     autoencoder_lib.build_autoencoder(bad)

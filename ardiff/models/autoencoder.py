@@ -427,6 +427,9 @@ def build_autoencoder(ae) -> FrameAutoencoder | conv_autoencoder.ConvFrameAutoen
   kind = ae.get("kind", "titok")
   if kind not in KINDS:
     raise ValueError(f"config.autoencoder.kind={kind!r}: one of {KINDS}.")
+  if kind != "conv" and ae.get("latent_patch_size", 1) != 1:
+    raise ValueError("autoencoder.latent_patch_size is the conv kind's: set it to 1 for"
+                     f" kind={kind!r} (its tokens are not cells of a grid).")
   if kind == "conv":
     if ae.temporal or ae.use_l2_norm:
       raise ValueError(
@@ -434,8 +437,8 @@ def build_autoencoder(ae) -> FrameAutoencoder | conv_autoencoder.ConvFrameAutoen
           " set autoencoder.temporal=False and autoencoder.use_l2_norm=False.")
     return conv_autoencoder.ConvFrameAutoencoder(
         image_size=ae.image_size, num_latent_tokens=ae.num_latent_tokens,
-        token_channels=ae.token_channels, logvar_init=ae.logvar_init,
-        hidden_channels=ae.pixel_hidden_channels, channel_mult=tuple(ae.channel_mult),
+        token_channels=ae.token_channels, latent_patch_size=ae.get("latent_patch_size", 1),
+        logvar_init=ae.logvar_init, hidden_channels=ae.pixel_hidden_channels, channel_mult=tuple(ae.channel_mult),
         num_res_blocks=ae.num_res_blocks, norm_groups=ae.norm_groups,
         dtype=jnp.dtype(ae.dtype), param_dtype=jnp.dtype(ae.param_dtype))
   return FrameAutoencoder(

@@ -10,8 +10,11 @@ steps (28.4 dB, 9 minutes there):
             last level) -> mid blocks -> GroupNorm, SiLU, conv -> per grid cell the mean (tanh:
             in [-1, 1], the pixel range the diffusion schedule is made for) and log-variance of
             token_channels channels
-  latent    a grid of g x g cells, g = image_size / 2**(levels - 1), read row by row as
-            num_latent_tokens = g * g tokens of token_channels channels
+  latent    a grid of g x g cells, g = image_size / 2**(levels - 1), read as tokens row by
+            row: with latent_patch_size p, each token is a p x p patch of cells (row-major,
+            channels last), so num_latent_tokens = (g / p)**2 tokens of token_channels
+            = p * p * (the cell's channels) channels. p = 2 gives stage 2 4x fewer tokens per
+            frame (its cost) for the same reconstructions.
   decoder   the grid -> the pixel decoder (autoencoder.py's PixelDecoder, the same levels
             upwards) -> pixels
 
@@ -21,6 +24,7 @@ latent extraction and decoding do not tell the two apart. No temporal decoder.
 
 from typing import Sequence
 
+import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -85,6 +89,7 @@ class ConvFrameAutoencoder(pixel_decoder_lib.PixelDecodedAutoencoder):
   image_size: int
   num_latent_tokens: int = 64  # (an 8x8 grid of 32x32 frames, as configs/demo_vae.py:conv)
   token_channels: int = 4
+  latent_patch_size: int = 1  # grid cells per token along each side
   logvar_init: float = -10.0
   hidden_channels: int = 32
   channel_mult: Sequence[int] = (1, 2, 2)
@@ -97,16 +102,26 @@ class ConvFrameAutoencoder(pixel_decoder_lib.PixelDecodedAutoencoder):
   def grid(self) -> int:
     return latent_grid(self.image_size, len(self.channel_mult))
 
+  @property
+  def cell_channels(self) -> int:
+    return self.token_channels // self.latent_patch_size**2
+
   def setup(self):
-    g, levels = self.grid, len(self.channel_mult)
-    if g * 2 ** (levels - 1) != self.image_size or g * g != self.num_latent_tokens:
+    g, levels, p = self.grid, len(self.channel_mult), self.latent_patch_size
+    if g * 2 ** (levels - 1) != self.image_size or g % p:
       raise ValueError(
           f"autoencoder.kind='conv' halves {self.image_size}x{self.image_size} frames"
-          f" {levels - 1} times (len(channel_mult) - 1) to a {g}x{g} grid: set"
-          f" autoencoder.num_latent_tokens = {g * g} (not {self.num_latent_tokens}), and an"
-          " image_size divisible by 2**(len(channel_mult) - 1).")
+          f" {levels - 1} times (len(channel_mult) - 1) to a {g}x{g} grid: set an image_size"
+          f" divisible by 2**(len(channel_mult) - 1) and a latent_patch_size ({p}) that divides"
+          f" {g}.")
+    if (g // p) ** 2 != self.num_latent_tokens or self.token_channels % (p * p):
+      raise ValueError(
+          f"autoencoder.kind='conv' reads its {g}x{g} grid in {p}x{p} patches"
+          f" (latent_patch_size): set autoencoder.num_latent_tokens = {(g // p) ** 2} (not"
+          f" {self.num_latent_tokens}) and a token_channels divisible by {p * p} (not"
+          f" {self.token_channels}).")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = ConvEncoder(self.token_channels, self.hidden_channels,
+    self.encoder = ConvEncoder(self.cell_channels, self.hidden_channels,
                                tuple(self.channel_mult), self.num_res_blocks, self.norm_groups,
                                self.logvar_init, **kw)
     self.pixel_decoder = pixel_decoder_lib.PixelDecoder(
@@ -117,11 +132,20 @@ class ConvFrameAutoencoder(pixel_decoder_lib.PixelDecodedAutoencoder):
     b, f = pixels.shape[:2]
     x = pixels.reshape((b * f,) + pixels.shape[2:]) * 2.0 - 1.0
     mean, logvar = self.encoder(x)
-    tokens = lambda a: a.reshape(b, f, self.num_latent_tokens, self.token_channels)
-    return tokens(mean), tokens(logvar)
+    return self._tokens(mean, b, f), self._tokens(logvar, b, f)
+
+  def _tokens(self, grid, b, f):
+    """[B * F, g, g, c] -> [B, F, N, p * p * c]: p x p patches of cells, row by row."""
+    p = self.latent_patch_size
+    return einops.rearrange(grid, "(b f) (h p) (w q) c -> b f (h w) (p q c)", b=b, f=f, p=p,
+                            q=p)
+
+  def _grid(self, z):
+    """The inverse of _tokens: [B, F, N, C] -> [B * F, g, g, c]."""
+    p, n = self.latent_patch_size, self.grid // self.latent_patch_size
+    return einops.rearrange(z, "b f (h w) (p q c) -> (b f) (h p) (w q) c", h=n, w=n, p=p, q=p)
 
   def decode_features(self, z):
     b, f = z.shape[:2]
-    grid = z.reshape((b * f, self.grid, self.grid, self.token_channels))
-    h = self.pixel_decoder.features(grid)
+    h = self.pixel_decoder.features(self._grid(z))
     return h.reshape((b, f) + h.shape[1:])
