@@ -280,7 +280,12 @@ def get_default_config() -> mc.ConfigDict:
   # The run whose decoder turns generated latents into frames (a temporal fine-tune of the
   # same encoder); None: the autoencoder_workdir's own decoder.
   c.latents.decoder_workdir = mc.config_dict.placeholder(str)
-  c.latents.l2_normalize = True  # per-token L2 normalisation, as the paper's stage 2
+  # The tokens stage 2 models (ardiff/data/latents.py stage2_tokens): each latent token
+  # L2-normalised over its channels, as the paper's stage 2 (for an autoencoder that decodes
+  # normalised tokens: use_l2_norm), then times scale (LDM's scale factor: latents of about
+  # unit spread suit the noise schedule made for pixels in [-1, 1]); decoding divides it out.
+  c.latents.l2_normalize = True
+  c.latents.scale = 1.0
   # --mode=extract_latents: frames per jitted encoder batch, videos per written shard.
   c.latents.extract_batch_size = 64
   c.latents.shard_size = 64

@@ -61,7 +61,8 @@ def tokens_to_video(config, tokens) -> np.ndarray:
   workdir = decoder_workdir(config)
   if workdir is None:
     return np.asarray(patches.tokens_to_video(config, tokens))
-  return _latent_decoder(os.path.abspath(workdir))(tokens)
+  scale = float(config.latents.get("scale", 1.0))  # stage 2's tokens: latents times scale
+  return _latent_decoder(os.path.abspath(workdir))(np.asarray(tokens, np.float32) / scale)
 
 
 def decoder_context_frames(autoencoder_config) -> int | None:

@@ -25,7 +25,6 @@ from ardiff.data import latents
 from ardiff.data import patches
 from ardiff.data import pipeline
 from ardiff.evaluation import run as run_eval
-from ardiff.models import autoencoder as autoencoder_lib
 from ardiff.models import build_model
 
 
@@ -34,12 +33,11 @@ def model_inputs(config, batch) -> tuple[jax.Array, jax.Array | None]:
 
   Pixel batches carry uint8 frames "video" [B, F, H, W, 3], cut into patches here; latent
   batches (the autoencoder's tokens, the paper's stage 2) carry "latents" [B, F, L, C], each
-  token L2-normalised over its channels as the paper does (config.latents.l2_normalize).
+  as the pipeline made them (latents.stage2_tokens: L2-normalised per token as the paper does,
+  scaled by config.latents.scale).
   """
   if "latents" in batch:
     x0 = batch["latents"].astype(jnp.float32)
-    if config.latents.l2_normalize:
-      x0 = autoencoder_lib.l2_normalize(x0)
   else:
     x0 = patches.video_to_tokens(config, batch["video"])
   labels = batch["label"].astype(jnp.int32) if config.model.num_classes else None
@@ -51,6 +49,13 @@ def check_config(config):
   m = config.model
   if config.latents.autoencoder_workdir or not patches.is_pixel_config(config):
     latents.check_ready(config)  # the latents exist and fit the model
+    if config.latents.l2_normalize and config.latents.autoencoder_workdir:
+      ae = checkpoint.run_config(config.latents.autoencoder_workdir).autoencoder
+      if not ae.get("use_l2_norm", True):
+        raise ValueError(
+            f"The autoencoder in {config.latents.autoencoder_workdir} decodes its latents as"
+            " they are (autoencoder.use_l2_norm=False: they carry their norm), so stage 2 must"
+            " model them so: set --config.latents.l2_normalize=False.")
   else:
     datasets.check_available(config.data.name, config.data.data_dir, config.data.resolution)
     if config.data.resolution % config.data.patch_size:

@@ -18,6 +18,7 @@ def get_config(arg=None):
     c.model.tokens_per_frame = 64  # an 8x8 grid: the axial RoPE's rows and columns
     c.model.in_channels = 4
     c.sampling.clip_denoised = True  # tanh latents: in [-1, 1] as pixels are
+    c.latents.l2_normalize = False  # its decoder reads the latents' norms too
   else:
     c = demo.get_16_frame_config()  # as measured in the README
     c.model.tokens_per_frame = 16  # the autoencoder's latent tokens, not pixel patches

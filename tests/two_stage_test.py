@@ -130,14 +130,44 @@ def test_the_conv_autoencoder_runs_both_stages_on_white_digits(make_config, tmp_
   stage2 = make_config("demo_latent:conv", num_train_steps=2, checkpoint_every_steps=2,
                        **{"latents.autoencoder_workdir": vae})
   assert (stage2.model.tokens_per_frame, stage2.model.in_channels) == (16, 4)
-  # What demo_quality's context gain reads for stage 2: the latents of held-out clips.
+  # What demo_quality's context gain reads for stage 2: the latents of held-out clips, as
+  # they are (this decoder reads unnormalised latents), times latents.scale.
   tokens = evaluation.real_tokens(stage2, 3, 4)
   assert tokens.shape == (3, 4, 16, 4) and np.abs(tokens).max() <= 1
+  assert not np.allclose(np.linalg.norm(tokens, axis=-1), 1.0, atol=1e-3)
+  scaled = make_config("demo_latent:conv", **{"latents.autoencoder_workdir": vae,
+                                              "latents.scale": 2.5})
+  np.testing.assert_allclose(evaluation.real_tokens(scaled, 3, 4), 2.5 * tokens, rtol=1e-6)
+  # Decoding divides the scale out: the same frames (to a rounding step of uint8).
+  np.testing.assert_allclose(generate.tokens_to_video(scaled, 2.5 * tokens).astype(int),
+                             generate.tokens_to_video(stage2, tokens).astype(int), atol=1)
+  # Normalising would lose the norms this decoder reads: an error that says what to set.
+  with pytest.raises(ValueError, match="latents.l2_normalize=False"):
+    train.check_config(make_config("demo_latent:conv", **{"latents.autoencoder_workdir": vae,
+                                                          "latents.l2_normalize": True}))
   out = str(tmp_path / "stage2")
   assert np.isfinite(train.train_and_evaluate(stage2, out)["loss"])
   stage2.sampling.num_videos, stage2.sampling.num_frames = 2, 6
   samples = np.load(generate.sample_and_save(stage2, out)["npy"])
   assert samples.shape == (2, 6, 16, 16, 3) and samples.dtype == np.uint8
+
+
+def test_stage2_reads_the_papers_tokens_normalised_everywhere(stage1, make_config):
+  """latents.l2_normalize (the paper's tokenizer): every token of training batches, real clips
+  and sampling prefixes has unit norm, the same token directions as the extracted latents."""
+  _, workdir, _ = stage1
+  config = stage2_config(make_config, workdir, **{"sampling.prefix_frames": 2})
+  batch = next(pipeline.create_train_iterator(config))
+  tokens = evaluation.real_tokens(config, 3, 4)
+  prefix, _ = pipeline.prefix_tokens(config, 3)
+  raw = stage2_config(make_config, workdir, **{"latents.l2_normalize": False,
+                                               "sampling.prefix_frames": 2})
+  raw_prefix, _ = pipeline.prefix_tokens(raw, 3)
+  for t in (batch["latents"], tokens, prefix):
+    np.testing.assert_allclose(np.linalg.norm(t, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(
+      prefix, raw_prefix / np.linalg.norm(raw_prefix, axis=-1, keepdims=True), rtol=1e-5)
+  assert not np.allclose(np.linalg.norm(raw_prefix, axis=-1), 1.0, atol=1e-3)
 
 
 def test_missing_steps_are_named(stage1, make_config, tmp_path):

@@ -109,6 +109,16 @@ class LatentSource(grain.sources.RandomAccessDataSource):
     return out
 
 
+def stage2_tokens(latents: np.ndarray, l2_normalize: bool, scale: float) -> np.ndarray:
+  """Extracted latents [..., C] -> the tokens stage 2 models: L2-normalised over the channels
+  (z / max(|z|, 1e-12), as the paper's tokenizer decodes them) when l2_normalize, then times
+  scale (LDM's scale factor). generate.tokens_to_video divides by scale before decoding."""
+  z = np.asarray(latents, np.float32)
+  if l2_normalize:
+    z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  return z * np.float32(scale)
+
+
 def split_dir(config, split: str, autoencoder_workdir: str | None = None) -> str:
   """Where the latents of config.data.name's split are (of config.latents.autoencoder_workdir
   unless another workdir is given)."""

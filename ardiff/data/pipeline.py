@@ -33,7 +33,9 @@ num_classes = datasets.num_classes  # Re-exported: metadata needs no data on dis
 @dataclasses.dataclass(frozen=True)
 class RandomClip(grain.transforms.RandomMap):
   """Cuts `num_frames` frames `stride` apart from a random start of record[key] and resizes
-  them (frames; resolution None: latents, as they are).
+  them (frames; resolution None: latents, which become stage 2's tokens here, so that training
+  batches, FVD's real clips and sampling prefixes all see the same: L2-normalised per token
+  when l2_normalize, then times scale, as config.latents says).
 
   A frozen dataclass rather than a closure: grain's spawned workers must pickle it.
   """
@@ -43,6 +45,8 @@ class RandomClip(grain.transforms.RandomMap):
   resolution: int | None
   key: str = "video"
   grayscale: bool = False  # frames: each pixel's brightest channel in all three (data.grayscale)
+  l2_normalize: bool = False  # latents: config.latents.l2_normalize
+  scale: float = 1.0  # latents: config.latents.scale
 
   def random_map(self, record, rng: np.random.Generator):
     video = record[self.key]  # [T, S, S, 3] uint8 or [T, N, C] float32 latents, T >= span
@@ -53,6 +57,8 @@ class RandomClip(grain.transforms.RandomMap):
       clip = frames.resize_frames(clip, self.resolution)
     if self.grayscale:
       clip = frames.grayscale(clip)
+    if self.resolution is None:
+      clip = latents_lib.stage2_tokens(clip, self.l2_normalize, self.scale)
     return {self.key: clip, "label": np.int32(record["label"])}
 
 
@@ -197,7 +203,9 @@ def _clips_of(config: ml_collections.ConfigDict, split: str, latents: bool = Fal
           f"num_frames={num_frames} with frame_stride={stride} spans {span} frames, but "
           f"{name} stores clips of {stored} frames.")
   if latents:
-    return source, RandomClip(num_frames=num_frames, stride=stride, resolution=None, key="latents")
+    return source, RandomClip(num_frames=num_frames, stride=stride, resolution=None, key="latents",
+                              l2_normalize=bool(config.latents.l2_normalize),
+                              scale=float(config.latents.get("scale", 1.0)))
   return source, RandomClip(num_frames=num_frames, stride=stride, resolution=config.data.resolution,
                             grayscale=bool(config.data.get("grayscale", False)))
 
