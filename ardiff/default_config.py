@@ -167,7 +167,8 @@ def get_default_config() -> mc.ConfigDict:
   # Finished frames kept in view when a long video slides its window (None: the default of
   # timesteps.default_context_frames).
   c.sampling.context_frames = mc.config_dict.placeholder(int)
-  # Clip x0 estimates to [-1, 1] (pixel space); latent configs turn it off.
+  # Clip x0 estimates to [-1, 1] (pixels; latents bounded by tanh or L2 norms: to the
+  # latents.scale they are multiplied by); latents without such a bound turn it off.
   c.sampling.clip_denoised = True
   c.sampling.guidance_scale = 1.0
   # History guidance (adapted from Song et al. 2025, "History-Guided Video Diffusion"): a

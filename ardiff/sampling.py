@@ -90,6 +90,7 @@ class _Spec:
   timestep_grid: str
   finished_timestep: int
   clip_denoised: bool
+  clip_bound: float  # x0 is clipped to [-clip_bound, clip_bound]
   guidance_scale: float
   history_guidance_scale: float
   history_guidance_mode: str
@@ -213,6 +214,9 @@ def make_sampler(
       timestep_grid=str(s.get("timestep_grid", "ardiff")),
       finished_timestep=int(s.get("finished_timestep", 0)),
       clip_denoised=bool(s.clip_denoised),
+      # Pixels and tanh or L2-normalised latents lie in [-1, 1]; stage 2 scales latents.
+      clip_bound=float(config.latents.get("scale", 1.0)) if config.latents.autoencoder_workdir
+      else 1.0,
       guidance_scale=float(s.guidance_scale),
       history_guidance_scale=history_guidance_scale(s),
       history_guidance_mode=str(s.get("history_guidance_mode", "fractional")),
@@ -549,7 +553,7 @@ class _DenoisingStep:
     t_next = jnp.broadcast_to(self.grid[new], t_in.shape)
     x0, eps = diffusion.to_x0_eps(self.sched, s.parameterization, x, t_in, out)
     if s.clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
+      x0 = jnp.clip(x0, -s.clip_bound, s.clip_bound)
       eps = diffusion.eps_from_x0(self.sched, x, t_in, x0)
     if s.timestep_grid == "reference":
       # The reference's sampler steps every frame of the window, the finished ones with

@@ -465,9 +465,10 @@ class Oracle(nn.Module):
   parameterization: str
   num_timesteps: int
   context_attends_video: bool = False
+  x0_scale: float = 1.0  # the answer is x0_scale * ORACLE_X0
 
   def __call__(self, x, t, labels=None):
-    x0 = jnp.broadcast_to(ORACLE_X0, x.shape)
+    x0 = jnp.broadcast_to(self.x0_scale * ORACLE_X0, x.shape)
     sched = diffusion.make_schedule("linear", self.num_timesteps)
     eps = diffusion.eps_from_x0(sched, x, t, x0)
     return diffusion.target(sched, self.parameterization, x0, eps, t)
@@ -493,6 +494,23 @@ def test_ddim_lands_on_the_oracle_x0(parameterization, kv_cache):
   out = np.asarray(sampler({}, keys()))
   expected = np.broadcast_to(ORACLE_X0, out.shape)
   np.testing.assert_allclose(out, expected, atol=1e-5 if parameterization == "x0" else 1e-4)
+
+
+def test_x0_is_clipped_to_the_range_of_the_tokens():
+  """clip_denoised: pixels to [-1, 1]; stage 2's latents, multiplied by latents.scale, to
+  [-scale, scale]. An oracle whose x0 reaches 2.7 lands on it clipped accordingly."""
+  oracle = Oracle("x0", 100, x0_scale=3.0)
+  x0 = 3.0 * ORACLE_X0
+  assert np.abs(x0).max() > 2
+  for workdir, scale, bound in ((None, 3.0, 1.0), ("a stage-1 run", 3.0, 3.0),
+                                ("a stage-1 run", 2.0, 2.0)):
+    config = tiny_config(ar_step=2)
+    config.diffusion.parameterization = "x0"
+    config.latents.autoencoder_workdir, config.latents.scale = workdir, scale
+    sampler = sampling.make_sampler(oracle, config, 4, max_branches=1, compiler_options=FAST)
+    out = np.asarray(sampler({}, keys()))
+    np.testing.assert_allclose(out, np.broadcast_to(np.clip(x0, -bound, bound), out.shape),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("kv_cache", [False, True])
