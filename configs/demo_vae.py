@@ -54,9 +54,11 @@ def get_config(arg=None):
     ae.kind = "conv"
     ae.use_l2_norm = False  # its latents are bounded by tanh instead
     # 32x32 -> an 8x8 grid of 4 channels: test PSNR 28.4 dB after 1000 steps; a 4x4 grid of 16
-    # (8x smaller frames) 20.4 dB, its digits' shapes lost (docs/demo.md).
+    # (8x smaller frames) 20.4 dB, its digits' shapes lost (docs/demo.md). Read in 2x2 patches
+    # of cells: 16 tokens of 16 channels per frame, a quarter of stage 2's tokens.
     ae.channel_mult = (1, 2, 2)
-    ae.num_latent_tokens, ae.token_channels = 64, 4
+    ae.latent_patch_size = 2
+    ae.num_latent_tokens, ae.token_channels = 16, 16
     ae.pixel_hidden_channels = 32
     c.num_train_steps = 1000
   if "temporal" in args:

@@ -63,9 +63,11 @@ def test_runlocal_shrinks_every_config(name):
             and full.model.in_channels == p * p * 3)
   if pixels:
     assert (small.model.tokens_per_frame, small.model.in_channels) == (16, 48)
-  else:  # the latents of a runlocal autoencoder (below; the conv kind's: a 4x4 grid)
-    tokens = 16 if full.autoencoder.kind == "conv" else 8
-    assert (small.model.tokens_per_frame, small.model.in_channels) == (tokens, 4)
+  elif full.autoencoder.kind == "conv":  # a runlocal conv autoencoder's: a 4x4 grid in patches
+    p = full.autoencoder.latent_patch_size
+    assert (small.model.tokens_per_frame, small.model.in_channels) == ((4 // p) ** 2, 4 * p * p)
+  else:  # the latents of a runlocal tokenizer (below)
+    assert (small.model.tokens_per_frame, small.model.in_channels) == (8, 4)
   if full.sampling.num_frames:  # long-video sampling stays long relative to the window
     assert small.sampling.num_frames * full.num_frames == full.sampling.num_frames * 4
 
@@ -77,8 +79,11 @@ def test_runlocal_shrinks_every_autoencoder_config(name):
   assert small.data.name == full.data.name
   ae = small.autoencoder
   assert (ae.image_size, ae.patch_size, ae.width) == (16, 4, 32)
-  # What stage 2's runlocal expects (the conv kind: 16x16 frames halved twice, a 4x4 grid).
-  assert (ae.num_latent_tokens, ae.token_channels) == ((16 if ae.kind == "conv" else 8), 4)
+  # What stage 2's runlocal expects (the conv kind: 16x16 frames halved twice, a 4x4 grid
+  # read in latent_patch_size patches).
+  p = ae.latent_patch_size
+  assert (ae.num_latent_tokens, ae.token_channels) == (
+      ((4 // p) ** 2, 4 * p * p) if ae.kind == "conv" else (8, 4))
   assert small.num_frames == (4 if full.autoencoder.temporal else 1)
   assert ae.temporal == full.autoencoder.temporal
   assert ae.train_only_temporal == full.autoencoder.train_only_temporal
@@ -95,3 +100,12 @@ def test_config_argument_is_checked():
   out = subprocess.run([sys.executable, "-c", "import configs.demo as d; print(d.__file__)"],
                        cwd="/", capture_output=True, text=True, check=True)
   assert out.stdout.strip() == os.path.join(REPO, "configs", "demo.py")
+
+
+def test_the_conv_stage2_fits_the_conv_stage1():
+  """configs/demo_latent.py:conv models the tokens configs/demo_vae.py:conv extracts, at full
+  size and at runlocal size."""
+  for arg in ("", "runlocal"):
+    vae, latent = get_config("demo_vae:conv", arg), get_config("demo_latent:conv", arg)
+    assert (latent.model.tokens_per_frame, latent.model.in_channels) == (
+        vae.autoencoder.num_latent_tokens, vae.autoencoder.token_channels)

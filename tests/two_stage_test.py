@@ -110,15 +110,16 @@ def test_stage2_trains_on_latents_and_samples_decode_to_video(stage1, make_confi
 
 
 def test_the_conv_autoencoder_runs_both_stages_on_white_digits(make_config, tmp_path):
-  """demo_vae:conv -> its latents (grey frames, in [-1, 1]) -> demo_latent:conv -> video."""
+  """demo_vae:conv -> its latents (grey frames, in [-1, 1], 2x2 patches of the grid's cells)
+  -> demo_latent:conv (times latents.scale) -> video."""
   vae = str(tmp_path / "vae")
   config = make_config("demo_vae:conv", num_train_steps=2, **{"latents.shard_size": 512})
   train_autoencoder.train_and_evaluate(config, vae)
   manifests = extract_latents.extract(config, vae, progress=False)
-  assert manifests["train"]["tokens_per_frame"] == 16 and manifests["train"]["channels"] == 4
+  assert manifests["train"]["tokens_per_frame"] == 4 and manifests["train"]["channels"] == 16
   assert manifests["train"]["identity"]["grayscale"]
   record = latents_lib.LatentSource(latents_lib.split_dir(config, "train", vae))[3]
-  assert record["latents"].shape == (32, 16, 4) and np.abs(record["latents"]).max() <= 1
+  assert record["latents"].shape == (32, 4, 16) and np.abs(record["latents"]).max() <= 1
   # The latents are those of the white digits the autoencoder trained on.
   params, _, _ = autoencoder_state.load_params(vae)
   video = datasets.open_split(config.data.name, "train", config.data.data_dir)[3]["video"]
@@ -129,18 +130,20 @@ def test_the_conv_autoencoder_runs_both_stages_on_white_digits(make_config, tmp_
 
   stage2 = make_config("demo_latent:conv", num_train_steps=2, checkpoint_every_steps=2,
                        **{"latents.autoencoder_workdir": vae})
-  assert (stage2.model.tokens_per_frame, stage2.model.in_channels) == (16, 4)
+  assert (stage2.model.tokens_per_frame, stage2.model.in_channels) == (4, 16)
   # What demo_quality's context gain reads for stage 2: the latents of held-out clips, as
   # they are (this decoder reads unnormalised latents), times latents.scale.
-  tokens = evaluation.real_tokens(stage2, 3, 4)
-  assert tokens.shape == (3, 4, 16, 4) and np.abs(tokens).max() <= 1
-  assert not np.allclose(np.linalg.norm(tokens, axis=-1), 1.0, atol=1e-3)
-  scaled = make_config("demo_latent:conv", **{"latents.autoencoder_workdir": vae,
-                                              "latents.scale": 2.5})
-  np.testing.assert_allclose(evaluation.real_tokens(scaled, 3, 4), 2.5 * tokens, rtol=1e-6)
+  raw = make_config("demo_latent:conv", **{"latents.autoencoder_workdir": vae,
+                                           "latents.scale": 1.0})
+  latents = evaluation.real_tokens(raw, 3, 4)
+  assert latents.shape == (3, 4, 4, 16) and np.abs(latents).max() <= 1
+  assert not np.allclose(np.linalg.norm(latents, axis=-1), 1.0, atol=1e-3)
+  scale = stage2.latents.scale
+  assert scale == 4.0
+  np.testing.assert_allclose(evaluation.real_tokens(stage2, 3, 4), scale * latents, rtol=1e-6)
   # Decoding divides the scale out: the same frames (to a rounding step of uint8).
-  np.testing.assert_allclose(generate.tokens_to_video(scaled, 2.5 * tokens).astype(int),
-                             generate.tokens_to_video(stage2, tokens).astype(int), atol=1)
+  np.testing.assert_allclose(generate.tokens_to_video(stage2, scale * latents).astype(int),
+                             generate.tokens_to_video(raw, latents).astype(int), atol=1)
   # Normalising would lose the norms this decoder reads: an error that says what to set.
   with pytest.raises(ValueError, match="latents.l2_normalize=False"):
     train.check_config(make_config("demo_latent:conv", **{"latents.autoencoder_workdir": vae,

@@ -438,7 +438,8 @@ def build_autoencoder(ae) -> FrameAutoencoder | conv_autoencoder.ConvFrameAutoen
     return conv_autoencoder.ConvFrameAutoencoder(
         image_size=ae.image_size, num_latent_tokens=ae.num_latent_tokens,
         token_channels=ae.token_channels, latent_patch_size=ae.get("latent_patch_size", 1),
-        logvar_init=ae.logvar_init, hidden_channels=ae.pixel_hidden_channels, channel_mult=tuple(ae.channel_mult),
+        logvar_init=ae.logvar_init, hidden_channels=ae.pixel_hidden_channels,
+        channel_mult=tuple(ae.channel_mult),
         num_res_blocks=ae.num_res_blocks, norm_groups=ae.norm_groups,
         dtype=jnp.dtype(ae.dtype), param_dtype=jnp.dtype(ae.param_dtype))
   return FrameAutoencoder(
