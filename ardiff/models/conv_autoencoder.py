@@ -87,7 +87,7 @@ class ConvFrameAutoencoder(pixel_decoder_lib.PixelDecodedAutoencoder):
   """
 
   image_size: int
-  num_latent_tokens: int = 64  # (an 8x8 grid of 32x32 frames, as configs/demo_vae.py:conv)
+  num_latent_tokens: int = 64  # an 8x8 grid of 32x32 frames, cell by cell (demo_vae.py:conv: 2x2)
   token_channels: int = 4
   latent_patch_size: int = 1  # grid cells per token along each side
   logvar_init: float = -10.0
