@@ -48,8 +48,8 @@ def check_config(config):
   """Errors that say what to change, before anything is built."""
   m = config.model
   if config.latents.autoencoder_workdir or not patches.is_pixel_config(config):
-    latents.check_ready(config)  # the latents exist and fit the model
-    if config.latents.l2_normalize and config.latents.autoencoder_workdir:
+    latents.check_ready(config)  # the latents exist and fit the model (and have a workdir)
+    if config.latents.l2_normalize:
       ae = checkpoint.run_config(config.latents.autoencoder_workdir).autoencoder
       if not ae.get("use_l2_norm", True):
         raise ValueError(

@@ -9,7 +9,8 @@ frames -> 16 latent tokens x 8 channels, trained on 2 CPU cores in about a quart
 
 `:temporal` fine-tunes its temporal decoder (--config.autoencoder.init_from=/tmp/ardiff_vae);
 `:conv` is the convolutional autoencoder instead of the paper's tokenizer (white digits, an 8x8
-grid of 64 latent tokens x 4 channels, in [-1, 1]; stage 2: configs/demo_latent.py:conv);
+grid of 4-channel latents in [-1, 1], read as 16 tokens of 2x2 cells x 16 channels; stage 2:
+configs/demo_latent.py:conv);
 `:runlocal` shrinks any of them to a minute.
 """
 

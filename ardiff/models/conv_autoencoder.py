@@ -79,7 +79,7 @@ class ConvEncoder(nn.Module):
 class ConvFrameAutoencoder(pixel_decoder_lib.PixelDecodedAutoencoder):
   """Methods as FrameAutoencoder's:
 
-    encode(pixels [B, F, H, W, 3] in [0, 1]) -> (mean, logvar) [B, F, N, C], N = g * g
+    encode(pixels [B, F, H, W, 3] in [0, 1]) -> (mean, logvar) [B, F, N, C], N = (g / p)**2
     decode(z [B, F, N, C]) -> pixels [B, F, H, W, 3] (unbounded; clip to [0, 1] to show)
     decode_features(z) / decode_output(h): decode in two parts, split before the last layer
       (pixel_decoder.conv_out, where the GAN's adaptive weight is measured)
