@@ -40,5 +40,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["ardiff", "ardiff.*", "configs"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
 )
