@@ -112,6 +112,11 @@ def get_default_config() -> mc.ConfigDict:
   # latent tokens).
   c.model.token_position_init = "normal"
   c.model.rope_axes = "frame"  # frame | frame_row_col (axial RoPE over the patch grid too)
+  # 3x3 convolutions over the pixels before the patch embedding (stem) and beside the linear
+  # head (head), with that many channels; 0: none, the paper's DiT. Pixel configs only
+  # (models/dit.py).
+  c.model.conv_stem_channels = 0
+  c.model.conv_head_channels = 0
   # Rematerialise each block in training (recompute its forward pass in the backward pass).
   c.model.remat = False
   # What remat keeps (ardiff/models/dit.py REMAT_POLICIES, jax.checkpoint_policies):

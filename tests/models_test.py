@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ardiff.data import patches
 from ardiff.models import attention_mask, build_model, dit
 from configs import tiny
 
@@ -158,9 +159,11 @@ def test_blocks_are_traced_once_whatever_the_depth():
   assert num_equations(2) == num_equations(8)
 
 
-def test_every_parameter_has_logical_names():
+@pytest.mark.parametrize("convs", [0, 8])
+def test_every_parameter_has_logical_names(convs):
   c = tiny.get_config()
   c.model.num_classes = 3
+  c.model.conv_stem_channels = c.model.conv_head_channels = convs
   model = build_model(c)
   x, t = jnp.ones((1, 4, 16, 48)), jnp.zeros((1, 4), jnp.int32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), x, t, jnp.zeros((1,), jnp.int32))
@@ -329,3 +332,44 @@ def test_rope_over_the_patch_grid():
   c.model.rope_axes = "xyz"
   with pytest.raises(ValueError, match="rope_axes"):
     build_model(c).init(jax.random.key(0), jnp.ones((1, 4, 32, 4)), t[:1], None)
+
+
+def test_pixel_convolutions_around_the_transformer():
+  # model.conv_stem_channels / conv_head_channels: 3x3 convolutions over each frame's pixels.
+  # Zero function at init (the head's last convolution starts at zero, as the linear head);
+  # the pixels they see are the frame's own (patchify's layout); frame-causal; every new
+  # parameter gets a gradient; latent tokens (no pixel grid) are refused.
+  c = tiny.get_config()
+  c.model.conv_stem_channels, c.model.conv_head_channels = 8, 8
+  model = build_model(c)
+  f, l, ch = c.model.num_frames, c.model.tokens_per_frame, c.model.in_channels
+  x = jax.random.normal(jax.random.key(1), (2, f, l, ch))
+  t = jnp.sort(jax.random.randint(jax.random.key(2), (2, f), 0, 1000), axis=1)
+  variables = model.init(jax.random.key(0), x, t, None)
+  assert np.all(np.asarray(model.apply(variables, x, t, None)) == 0)
+  params = nn.unbox(variables)["params"]
+  assert params["stem_convs_0"]["kernel"].shape == (3, 3, 3, 8)
+  assert params["head_out"]["kernel"].shape == (3, 3, 8, 3)
+
+  r = c.data.resolution
+  video = jax.random.normal(jax.random.key(3), (2, f, r, r, 3))
+  tokens = patches.patchify(video, c.data.patch_size)
+  pixels = model.apply(variables, tokens, method=lambda m, x: m._to_pixels(x))
+  np.testing.assert_array_equal(pixels, video.reshape(2 * f, r, r, 3))
+  back = model.apply(variables, pixels, 2, method=lambda m, p, b: m._to_tokens(p, b))
+  np.testing.assert_array_equal(back, tokens)
+
+  variables = randomized(variables)
+  out = model.apply(variables, x, t, None)
+  moved = model.apply(variables, x.at[:, 2:].add(1.0), t, None)
+  np.testing.assert_array_equal(moved[:, :2], out[:, :2])
+  assert np.abs(moved[:, 2:] - out[:, 2:]).max() > 1e-3
+
+  grads = jax.grad(lambda p: jnp.sum(model.apply(p, x, t, None) ** 2))(variables)
+  for name in ("stem_convs_0", "stem_convs_1", "head_features", "head_conv", "head_out"):
+    for g in jax.tree.leaves(grads["params"][name]):
+      assert np.abs(np.asarray(g)).max() > 0, name
+
+  c.model.tokens_per_frame, c.model.in_channels = 32, 4  # 1D latent tokens
+  with pytest.raises(ValueError, match="pixel"):
+    build_model(c).init(jax.random.key(0), jnp.ones((1, f, 32, 4)), t[:1], None)

@@ -51,9 +51,10 @@ def random_params(model, scale=None, seed=1):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model(num_classes=0, rope_axes="frame"):
+def tiny_model(num_classes=0, rope_axes="frame", convs=0):
   config = tiny_config(num_classes)
   config.model.rope_axes = rope_axes
+  config.model.conv_stem_channels = config.model.conv_head_channels = convs
   model = build_model(config)
   return model, random_params(model)
 
@@ -164,13 +165,15 @@ def count_compiles():
 # The model's cached pass.
 
 
-@pytest.mark.parametrize("rope_axes", ["frame", "frame_row_col"])
-def test_decode_with_cached_kv_matches_the_full_forward(rope_axes):
-  # Also with models_test's all-random weights: one call, no denoising loop to amplify.
+@pytest.mark.parametrize(("rope_axes", "convs"), [("frame", 0), ("frame_row_col", 0),
+                                                   ("frame_row_col", 8)])
+def test_decode_with_cached_kv_matches_the_full_forward(rope_axes, convs):
+  # Also with models_test's all-random weights: one call, no denoising loop to amplify. With
+  # the pixel convolutions (per frame) too.
   x = jnp.asarray(np.random.default_rng(2).standard_normal((B, 4, L, C)), jnp.float32)
   t = jnp.array([[0, 0, 40, 99], [0, 3, 3, 70]])
   labels = jnp.array([1, 4])
-  model, _ = tiny_model(num_classes=5, rope_axes=rope_axes)
+  model, _ = tiny_model(num_classes=5, rope_axes=rope_axes, convs=convs)
   params = random_params(model, scale=0.3)  # as models_test.randomized
 
   @functools.partial(jax.jit, compiler_options=FAST)

@@ -39,6 +39,9 @@ def build_model(config) -> VideoDiT | ReferenceDiT:
       rope_theta=m.rope_theta,
       token_position_init=m.get("token_position_init", "normal"),
       rope_axes=m.get("rope_axes", "frame"),
+      conv_stem_channels=m.get("conv_stem_channels", 0),
+      conv_head_channels=m.get("conv_head_channels", 0),
+      patch_size=config.data.patch_size,
       attention_impl=m.attention_impl,
       **common,
   )

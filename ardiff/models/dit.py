@@ -7,6 +7,7 @@ embedding of the token index within a frame, and RoPE over the frame index (rela
 window may sit anywhere in a long video).
 """
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -186,6 +187,16 @@ class VideoDiT(nn.Module):
   # its frame's patch grid), which gives attention the relative position in the frame too, so
   # "the same place in the frame before" is there from the start instead of learned.
   rope_axes: str = "frame"
+  # Pixel convolutions around the transformer, for pixel-patch tokens (0: none, the paper's
+  # linear patch embedding and head). A linear map per patch cannot shift a stroke by less than
+  # a patch; 3x3 convolutions over the frame's pixels can. conv_stem_channels: two of them give
+  # each pixel features of its neighbourhood, patchified beside the raw patch into the
+  # embedding. conv_head_channels: a second head, the tokens projected to that many channels
+  # per pixel, one residual 3x3 convolution, then a zero-initialised one to the pixel channels,
+  # added to the linear head's output. Per frame, so the KV cache stays exact. Needs patch_size.
+  conv_stem_channels: int = 0
+  conv_head_channels: int = 0
+  patch_size: int = 0  # pixels per patch side (pixel configs; only the convolutions read it)
   remat: bool = False
   remat_policy: str = "nothing_saveable"  # a key of REMAT_POLICIES
   attention_impl: str = "xla"  # ardiff/models/attention.py
@@ -278,6 +289,28 @@ class VideoDiT(nn.Module):
         self.in_channels, kernel_init=named(zeros, ("embed", "channels")),
         bias_init=named(zeros, ("channels",)), **kw,
     )
+    if self.conv_stem_channels or self.conv_head_channels:
+      p = self.patch_size
+      side = int(round(np.sqrt(self.tokens_per_frame)))
+      if not p or side * side != self.tokens_per_frame or self.in_channels % (p * p):
+        raise ValueError(
+            "model.conv_stem_channels / conv_head_channels convolve pixels: they need pixel"
+            f" patches (model.patch_size, a square grid of tokens), not patch_size={p} with"
+            f" {self.tokens_per_frame} tokens of {self.in_channels} channels; set both to 0 for"
+            " latent tokens.")
+    conv = lambda k, init=nn.initializers.lecun_normal(): nn.Conv(  # noqa: E731
+        k, (3, 3), padding="SAME", kernel_init=named(init, (None, None, "conv_in", "conv_out")),
+        bias_init=named(zeros, ("conv_out",)), **kw)
+    if self.conv_stem_channels:
+      self.stem_convs = [conv(self.conv_stem_channels), conv(self.conv_stem_channels)]
+    if self.conv_head_channels:
+      k = self.conv_head_channels
+      self.head_features = nn.Dense(
+          self.patch_size ** 2 * k, kernel_init=named(nn.initializers.xavier_uniform(),
+                                                      ("embed", "channels")),
+          bias_init=named(zeros, ("channels",)), **kw)
+      self.head_conv = conv(k)
+      self.head_out = conv(self.in_channels // self.patch_size ** 2, zeros)
 
   def _check_input(self, x):
     _, f, l, c = x.shape
@@ -296,10 +329,33 @@ class VideoDiT(nn.Module):
     if d % self.num_heads or (d // self.num_heads) % 2:
       raise ValueError(f"hidden_size {d} must split into {self.num_heads} heads of even size.")
 
+  def _to_pixels(self, x):  # [B, F, L, p * p * C] -> [B * F, H, W, C]
+    side = int(round(np.sqrt(self.tokens_per_frame)))
+    return einops.rearrange(x, "b f (h w) (p q c) -> (b f) (h p) (w q) c", h=side,
+                            p=self.patch_size, q=self.patch_size)
+
+  def _to_tokens(self, pixels, b):  # [B * F, H, W, C] -> [B, F, L, p * p * C]
+    return einops.rearrange(pixels, "(b f) (h p) (w q) c -> b f (h w) (p q c)", b=b,
+                            p=self.patch_size, q=self.patch_size)
+
   def _embed_frames(self, x):  # [B, F, L, C] -> float32 [B, F * L, D]
     b, f, l, _ = x.shape
-    h = self.embed(x.astype(jnp.float32)) + self.token_position.astype(jnp.float32)
+    x = x.astype(jnp.float32)
+    if self.conv_stem_channels:
+      h = self._to_pixels(x)
+      for layer in self.stem_convs:
+        h = nn.silu(layer(h))
+      x = jnp.concatenate([x, self._to_tokens(h, b)], axis=-1)
+    h = self.embed(x) + self.token_position.astype(jnp.float32)
     return h.reshape(b, f * l, self.hidden_size)
+
+  def _output(self, h, b, f):  # modulated tokens float32 [B, F * L, D] -> [B, F, L, C]
+    out = self.final(h).reshape(b, f, self.tokens_per_frame, self.in_channels)
+    if self.conv_head_channels:
+      feats = self._to_pixels(self.head_features(h).reshape(b, f, self.tokens_per_frame, -1))
+      feats = feats + self.head_conv(nn.silu(feats))
+      out = out + self._to_tokens(self.head_out(nn.silu(feats)), b)
+    return out.astype(jnp.float32)
 
   def _context_tokens(self, labels, batch_size):  # -> float32 [B, Nc, D]
     ctx = self.context.astype(jnp.float32)[None]
@@ -340,8 +396,7 @@ class VideoDiT(nn.Module):
 
     shift, scale = jnp.split(per_token(self.final_adaLN(nn.silu(cond)), nc, l), 2, axis=-1)
     seq = layers.modulate(layers.layer_norm(seq), shift, scale)
-    out = self.final(seq[:, nc:])
-    return out.reshape(b, f, l, c).astype(jnp.float32)
+    return self._output(seq[:, nc:], b, f)
 
   def context_kv(self, labels, batch_size: int):
     """Keys and values of the conditioning tokens in every layer: (k, v) [depth, B, Nc, H, Dh].
@@ -389,5 +444,4 @@ class VideoDiT(nn.Module):
 
     shift, scale = jnp.split(jnp.repeat(self.final_adaLN(nn.silu(c_frames)), l, axis=1), 2, axis=-1)
     h = layers.modulate(layers.layer_norm(h), shift, scale)
-    out = self.final(h).reshape(b, q, l, c).astype(jnp.float32)
-    return out, kv
+    return self._output(h, b, q), kv
