@@ -4,8 +4,9 @@ to the autoencoder's workdir after `--mode=extract_latents` there; `:runlocal` s
 
 `:conv`: on the latents of `configs/demo_vae.py:conv` (an 8x8 grid of 4 channels in [-1, 1],
 read as 16 tokens of 2x2 cells, 16 channels each) with the pixel demo's recipe, window and
-sampler (configs/demo.py), times 4 (latents.scale: their spread is about 0.2), 4000 steps: FVD48
-690 against the pixel demo's 359 (docs/demo.md, run LB)."""
+sampler (configs/demo.py, without its pixel convolutions), times 4 (latents.scale: their spread is
+about 0.2), 4000 steps: FVD48 690 against 359 for the pixel demo without its convolutions and
+197 with them (docs/demo.md, runs LB and CV)."""
 
 from configs import common
 from configs import demo
@@ -19,6 +20,8 @@ def get_config(arg=None):
     c.autoencoder.kind, c.autoencoder.latent_patch_size = "conv", 2
     c.model.tokens_per_frame = 16  # 4x4 patches of 2x2 cells: the axial RoPE's rows, columns
     c.model.in_channels = 16
+    # The pixel demo's convolutions read pixels; latent tokens have none (run LB had none).
+    c.model.conv_stem_channels = c.model.conv_head_channels = 0
     c.num_train_steps = 4000  # 4x fewer tokens than the pixel demo: about 3x its steps/s
     c.latents.l2_normalize = False  # its decoder reads the latents' norms too
     c.latents.scale = 4.0  # tanh latents spread about 0.2: times 4 (run LB; 1: run LA, worse)

@@ -165,7 +165,7 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir, make_confi
   ckpt = checkpoint.Checkpointer(workdir)
   step = ckpt.latest_step()
   assert step is not None and step >= 3
-  config = make_config()
+  config = make_config("demo")  # the run's own config
   state = ckpt.restore(train_state.abstract_state(config, sharding.make_mesh(config.mesh)))
   assert int(state["step"]) == step
   assert not os.path.exists(os.path.join(workdir, "export"))  # not finished: no export
