@@ -61,9 +61,9 @@ def get_config(arg=None):
 
 def get_16_frame_config():
   """The demo config with its earlier settings: 16 colour frames of 8x8-pixel patches, RoPE over
-  the frame index, no pixel convolutions, the paper's FoPP, a constant learning rate, deterministic DDIM without history
-  guidance. The sampler comparison (docs/results.md), the two-stage demo and the benchmarks'
-  "demo" rows were measured with them."""
+  the frame index, no pixel convolutions, the paper's FoPP, a constant learning rate,
+  deterministic DDIM without history guidance. The sampler comparison (docs/results.md), the
+  two-stage demo and the benchmarks' "demo" rows were measured with them."""
   c = get_config()
   c.num_frames = 16
   c.num_train_steps = 4000
