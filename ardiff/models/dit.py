@@ -7,12 +7,12 @@ embedding of the token index within a frame, and RoPE over the frame index (rela
 window may sit anywhere in a long video).
 """
 
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ardiff.data import patches
 from ardiff.models import layers
 from ardiff.models.layers import named
 
@@ -330,13 +330,12 @@ class VideoDiT(nn.Module):
       raise ValueError(f"hidden_size {d} must split into {self.num_heads} heads of even size.")
 
   def _to_pixels(self, x):  # [B, F, L, p * p * C] -> [B * F, H, W, C]
-    side = int(round(np.sqrt(self.tokens_per_frame)))
-    return einops.rearrange(x, "b f (h w) (p q c) -> (b f) (h p) (w q) c", h=side,
-                            p=self.patch_size, q=self.patch_size)
+    r = self.patch_size * int(round(np.sqrt(self.tokens_per_frame)))
+    pixels = patches.unpatchify(x, self.patch_size, r, r)
+    return pixels.reshape((-1,) + pixels.shape[2:])
 
   def _to_tokens(self, pixels, b):  # [B * F, H, W, C] -> [B, F, L, p * p * C]
-    return einops.rearrange(pixels, "(b f) (h p) (w q) c -> b f (h w) (p q c)", b=b,
-                            p=self.patch_size, q=self.patch_size)
+    return patches.patchify(pixels.reshape((b, -1) + pixels.shape[1:]), self.patch_size)
 
   def _embed_frames(self, x):  # [B, F, L, C] -> float32 [B, F * L, D]
     b, f, l, _ = x.shape
