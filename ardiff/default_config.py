@@ -117,6 +117,9 @@ def get_default_config() -> mc.ConfigDict:
   # (models/dit.py).
   c.model.conv_stem_channels = 0
   c.model.conv_head_channels = 0
+  # Layers per iteration of the scan over the blocks: 1 compiles one block whatever the depth
+  # (28 layers); the depth unrolls the loop, faster on CPUs for small models (models/dit.py).
+  c.model.scan_unroll = 1
   # Rematerialise each block in training (recompute its forward pass in the backward pass).
   c.model.remat = False
   # What remat keeps (ardiff/models/dit.py REMAT_POLICIES, jax.checkpoint_policies):

@@ -159,6 +159,29 @@ def test_blocks_are_traced_once_whatever_the_depth():
   assert num_equations(2) == num_equations(8)
 
 
+def test_unrolled_blocks_compute_the_same_without_a_loop():
+  # model.scan_unroll = depth: the same parameters (stacked [depth, ...]), outputs and
+  # gradients, and no while loop left in the program.
+  model, variables, x, t, labels = setup_model(num_classes=5)
+  c = tiny.get_config()
+  c.model.num_classes = 5
+  c.model.scan_unroll = c.model.depth
+  unrolled = build_model(c)
+
+  def loss(m):
+    return lambda v: jnp.mean(jnp.square(m.apply(v, x, t, labels)))
+
+  lowered = {m: jax.jit(jax.value_and_grad(loss(m))).lower(variables) for m in (model, unrolled)}
+  assert "while" in lowered[model].as_text() and "while" not in lowered[unrolled].as_text()
+  (la, ga), (lb, gb) = (lowered[m].compile()(variables) for m in (model, unrolled))
+  np.testing.assert_allclose(la, lb, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  c.model.scan_unroll = 0
+  with pytest.raises(ValueError, match="scan_unroll"):
+    build_model(c).init(jax.random.key(0), x, t, labels)
+
+
 @pytest.mark.parametrize("convs", [0, 8])
 def test_every_parameter_has_logical_names(convs):
   c = tiny.get_config()

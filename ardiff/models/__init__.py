@@ -41,6 +41,7 @@ def build_model(config) -> VideoDiT | ReferenceDiT:
       rope_axes=m.get("rope_axes", "frame"),
       conv_stem_channels=m.get("conv_stem_channels", 0),
       conv_head_channels=m.get("conv_head_channels", 0),
+      scan_unroll=m.get("scan_unroll", 1),
       patch_size=config.data.patch_size,
       attention_impl=m.attention_impl,
       **common,

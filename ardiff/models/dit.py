@@ -199,6 +199,12 @@ class VideoDiT(nn.Module):
   patch_size: int = 0  # pixels per patch side (pixel configs; only the convolutions read it)
   remat: bool = False
   remat_policy: str = "nothing_saveable"  # a key of REMAT_POLICIES
+  # Layers per iteration of the scan over blocks (nn.scan's unroll; the parameters stay stacked
+  # [depth, ...] either way). 1: one block compiled whatever the depth. The depth (or more): no
+  # loop, which on CPUs saves the loop's stacked-activation buffers and dynamic weight slices
+  # (the demo's 4-layer step: about a sixth faster, BENCHMARKS.md), for a compile that grows
+  # with the depth.
+  scan_unroll: int = 1
   attention_impl: str = "xla"  # ardiff/models/attention.py
   dtype: jnp.dtype = jnp.float32  # of the matmuls of attention and MLP (and of the KV cache)
   param_dtype: jnp.dtype = jnp.float32
@@ -255,6 +261,11 @@ class VideoDiT(nn.Module):
     self.context_conditioning = self.param(
         "context_conditioning", named(normal, ("embed",)), (d,), self.param_dtype
     )
+    if self.scan_unroll < 1:
+      raise ValueError(
+          f"config.model.scan_unroll={self.scan_unroll}: 1 (a loop over the layers) or more (the"
+          f" depth or above: no loop)."
+      )
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
           f"config.model.remat_policy {self.remat_policy!r}: one of {sorted(REMAT_POLICIES)}."
@@ -276,6 +287,7 @@ class VideoDiT(nn.Module):
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         out_axes=0,  # the own (k, v) per layer: [depth, B, S, H, Dh]
         length=self.depth,
+        unroll=self.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(
         d, self.num_heads, self.mlp_ratio, self.tokens_per_frame, self.dtype, self.param_dtype,
