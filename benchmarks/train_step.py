@@ -1,12 +1,16 @@
 r"""Throughput of the jitted train step, next to the matmul FLOP/s this machine reaches.
 
   python -m benchmarks.train_step [--configs=tiny,demo,paper] [--steps=10] [--paper_depth=2]
+  python -m benchmarks.train_step --configs=demo_pixels,demo_pixels_scan --steps=30
 
 For each config: steps/s, tokens/s (video tokens: batch x frames x tokens per frame) and the
 achieved FLOP/s, with FLOPs per step from XLA's cost analysis of the compiled step. The matmul
 reference (a float32 square matmul, or bfloat16 on accelerators) is measured in the same run,
 so the ratio is comparable across noisy, shared machines. "paper" is the paper's shape (hidden
 1152, 16 heads, 16 frames x 32 tokens x 4 channels) with --paper_depth layers instead of 28.
+"demo" is the 16-frame demo model BENCHMARKS.md measured; "demo_pixels" today's demo
+(configs/demo.py: 4 frames of 4x4-pixel patches, pixel convolutions, the 4 layers unrolled),
+"demo_pixels_scan" the same with its layers in a loop (model.scan_unroll=1).
 """
 
 import time
@@ -39,6 +43,12 @@ def paper_config():
   c.model.depth = _PAPER_DEPTH.value
   c.global_batch_size = _PAPER_BATCH.value
   c.model.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  return c
+
+
+def demo_pixels_scan_config():
+  c = demo.get_config()
+  c.model.scan_unroll = 1
   return c
 
 
@@ -79,7 +89,8 @@ def main(argv):
   del argv
   # "demo": the 16-frame demo model that BENCHMARKS.md measured (configs/demo.py's earlier
   # settings), so that its rows stay reproducible.
-  builders = {"tiny": tiny.get_config, "demo": demo.get_16_frame_config, "paper": paper_config}
+  builders = {"tiny": tiny.get_config, "demo": demo.get_16_frame_config, "paper": paper_config,
+              "demo_pixels": demo.get_config, "demo_pixels_scan": demo_pixels_scan_config}
   device = jax.devices()[0]
   ref_dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   peak = machine.matmul_flops_per_sec(dtype=ref_dtype)

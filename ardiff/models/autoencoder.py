@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiff.models import conv_autoencoder
+from ardiff.models import layers
 from ardiff.models import pixel_decoder as pixel_decoder_lib
 from ardiff.models.layers import named
 
@@ -396,7 +397,7 @@ class FrameAutoencoder(pixel_decoder_lib.PixelDecodedAutoencoder):
     self.latent_tokens = self.param(
         "latent_tokens", named(nn.initializers.normal(self.width ** -0.5), (None, "embed")),
         (self.num_latent_tokens, self.width), self.param_dtype)
-    self.pixel_quantize_conv = pixel_decoder_lib.conv(self.z_channels, 1, **kw)
+    self.pixel_quantize_conv = layers.conv(self.z_channels, 1, **kw)
     self.pixel_decoder = pixel_decoder_lib.PixelDecoder(
         self.pixel_hidden_channels, tuple(self.channel_mult), self.num_res_blocks, 3,
         self.norm_groups, **kw)

@@ -28,6 +28,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ardiff.models import layers
 from ardiff.models import pixel_decoder as pixel_decoder_lib
 from ardiff.models.layers import named
 
@@ -53,14 +54,14 @@ class ConvEncoder(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     mult, h = tuple(self.channel_mult), self.hidden_channels
-    x = pixel_decoder_lib.conv(h * mult[0], 3, "conv_in", **kw)(x)
+    x = layers.conv(h * mult[0], 3, "conv_in", **kw)(x)
     for level, m in enumerate(mult):
       for j in range(self.num_res_blocks):
         x = pixel_decoder_lib.ResnetBlock(h * m, self.groups, **kw, name=f"down_{level}_{j}")(x)
       if level < len(mult) - 1:
         x = nn.Conv(h * m, (3, 3), strides=2, padding="SAME", name=f"downsample_{level}",
                     kernel_init=named(nn.initializers.lecun_normal(),
-                                      pixel_decoder_lib.CONV_AXES),
+                                      layers.CONV_AXES),
                     bias_init=named(nn.initializers.zeros_init(), ("conv_out",)), **kw)(x)
     for j in range(self.num_res_blocks):
       x = pixel_decoder_lib.ResnetBlock(h * mult[-1], self.groups, **kw, name=f"mid_{j}")(x)
@@ -69,7 +70,7 @@ class ConvEncoder(nn.Module):
     bias = jnp.concatenate([jnp.zeros(self.channels), jnp.full(self.channels, self.logvar_init)])
     moments = nn.Conv(
         2 * self.channels, (3, 3), padding="SAME", name="conv_out",
-        kernel_init=named(nn.initializers.lecun_normal(), pixel_decoder_lib.CONV_AXES),
+        kernel_init=named(nn.initializers.lecun_normal(), layers.CONV_AXES),
         bias_init=named(lambda *_: bias, ("conv_out",)), dtype=jnp.float32,
         param_dtype=self.param_dtype)(x)
     mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)

@@ -4,8 +4,7 @@ NLayerDiscriminator, as the reference uses it): a logit per overlapping patch of
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ardiff.models.pixel_decoder import CONV_AXES
-from ardiff.models.layers import named
+from ardiff.models.layers import CONV_AXES, named
 
 
 class BatchNorm(nn.Module):

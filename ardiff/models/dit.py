@@ -213,6 +213,11 @@ class VideoDiT(nn.Module):
   def null_label(self) -> int:
     return self.num_classes
 
+  @property
+  def grid_side(self) -> int:
+    """Tokens per side of a frame's patch grid, where tokens_per_frame is a square."""
+    return int(round(np.sqrt(self.tokens_per_frame)))
+
   def setup(self):
     d, nc = self.hidden_size, self.num_context_tokens
     # Mixed precision: everything but the blocks' attention and MLP runs in float32 (embeddings,
@@ -237,8 +242,7 @@ class VideoDiT(nn.Module):
     if self.rope_axes not in ROPE_AXES:
       raise ValueError(f"model.rope_axes={self.rope_axes!r}: one of {ROPE_AXES}.")
     if self.rope_axes == "frame_row_col":
-      side = int(round(np.sqrt(self.tokens_per_frame)))
-      if side * side != self.tokens_per_frame or (self.hidden_size // self.num_heads) % 8:
+      if self.grid_side ** 2 != self.tokens_per_frame or (self.hidden_size // self.num_heads) % 8:
         raise ValueError(
             "model.rope_axes='frame_row_col' needs a square grid of patch tokens per frame and a"
             f" head size divisible by 8, not {self.tokens_per_frame} tokens and head size"
@@ -303,16 +307,14 @@ class VideoDiT(nn.Module):
     )
     if self.conv_stem_channels or self.conv_head_channels:
       p = self.patch_size
-      side = int(round(np.sqrt(self.tokens_per_frame)))
-      if not p or side * side != self.tokens_per_frame or self.in_channels % (p * p):
+      if not p or self.grid_side ** 2 != self.tokens_per_frame or self.in_channels % (p * p):
         raise ValueError(
             "model.conv_stem_channels / conv_head_channels convolve pixels: they need pixel"
             f" patches (model.patch_size, a square grid of tokens), not patch_size={p} with"
             f" {self.tokens_per_frame} tokens of {self.in_channels} channels; set both to 0 for"
             " latent tokens.")
-    conv = lambda k, init=nn.initializers.lecun_normal(): nn.Conv(  # noqa: E731
-        k, (3, 3), padding="SAME", kernel_init=named(init, (None, None, "conv_in", "conv_out")),
-        bias_init=named(zeros, ("conv_out",)), **kw)
+    conv = lambda k, init=nn.initializers.lecun_normal(): layers.conv(  # noqa: E731
+        k, 3, kernel_init=init, **kw)
     if self.conv_stem_channels:
       self.stem_convs = [conv(self.conv_stem_channels), conv(self.conv_stem_channels)]
     if self.conv_head_channels:
@@ -342,7 +344,7 @@ class VideoDiT(nn.Module):
       raise ValueError(f"hidden_size {d} must split into {self.num_heads} heads of even size.")
 
   def _to_pixels(self, x):  # [B, F, L, p * p * C] -> [B * F, H, W, C]
-    r = self.patch_size * int(round(np.sqrt(self.tokens_per_frame)))
+    r = self.patch_size * self.grid_side
     pixels = patches.unpatchify(x, self.patch_size, r, r)
     return pixels.reshape((-1,) + pixels.shape[2:])
 
@@ -387,8 +389,8 @@ class VideoDiT(nn.Module):
     dh = self.hidden_size // self.num_heads
     if self.rope_axes == "frame":
       return layers.rope_angles(frames, dh, self.rope_theta)
-    side = int(round(np.sqrt(self.tokens_per_frame)))
-    rows, cols = (jnp.zeros_like(frames),) * 2 if tokens is None else jnp.divmod(tokens, side)
+    rows, cols = ((jnp.zeros_like(frames),) * 2 if tokens is None
+                  else jnp.divmod(tokens, self.grid_side))
     positions = jnp.stack([frames, rows, cols], axis=-1)
     return layers.rope_angles(positions, dh, self.rope_theta, (dh // 2, dh // 4, dh // 4))
 

@@ -1,4 +1,5 @@
-"""Building blocks of the video transformer: timestep embedding, RoPE over frames, attention, MLP.
+"""Building blocks of the models: timestep embedding, RoPE over frames, attention, MLP, and the
+3x3 convolutions of the DiT's pixel layers and of the autoencoders.
 
 Every parameter carries logical axis names (embed, heads, kv, mlp, ...) that the mesh rules in
 the config map to device axes; main activations are constrained by name as well.
@@ -18,6 +19,10 @@ Dtype = jnp.dtype
 # Weight initialisers wrapped with logical names.
 _xavier = nn.initializers.xavier_uniform()
 _zeros = nn.initializers.zeros_init()
+
+
+# Conv kernels [kh, kw, in, out]: small next to the transformers, replicated.
+CONV_AXES = (None, None, "conv_in", "conv_out")
 
 
 def named(init, names):
@@ -214,3 +219,14 @@ class FusedAttention(nn.Module):
     out = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
     out = nn.with_logical_constraint(out, ("batch", "tokens", "heads", "kv"))
     return HeadsOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+
+
+def conv(features: int, kernel: int, name: str | None = None, *, use_bias: bool = True,
+         dtype=jnp.float32, param_dtype=jnp.float32,
+         kernel_init=nn.initializers.lecun_normal()) -> nn.Conv:
+  """A stride-1 convolution padded to keep the size (the reference's Conv2dSame)."""
+  return nn.Conv(
+      features, (kernel, kernel), padding="SAME", use_bias=use_bias, name=name, dtype=dtype,
+      param_dtype=param_dtype, kernel_init=named(kernel_init, CONV_AXES),
+      bias_init=named(nn.initializers.zeros_init(), ("conv_out",)),
+  )

@@ -12,20 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ardiff.models.layers import named
-
-# Conv kernels [kh, kw, in, out]; the pixel decoder is small next to the ViTs: replicated.
-CONV_AXES = (None, None, "conv_in", "conv_out")
-
-
-def conv(features: int, kernel: int, name: str | None = None, *, use_bias: bool = True, dtype=jnp.float32,
-         param_dtype=jnp.float32, kernel_init=nn.initializers.lecun_normal()) -> nn.Conv:
-  """A stride-1 convolution padded to keep the size (the reference's Conv2dSame)."""
-  return nn.Conv(
-      features, (kernel, kernel), padding="SAME", use_bias=use_bias, name=name, dtype=dtype,
-      param_dtype=param_dtype, kernel_init=named(kernel_init, CONV_AXES),
-      bias_init=named(nn.initializers.zeros_init(), ("conv_out",)),
-  )
+from ardiff.models.layers import conv, named
 
 
 def group_norm(groups: int, name: str | None = None) -> nn.GroupNorm:
