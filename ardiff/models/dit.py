@@ -202,8 +202,8 @@ class VideoDiT(nn.Module):
   # Layers per iteration of the scan over blocks (nn.scan's unroll; the parameters stay stacked
   # [depth, ...] either way). 1: one block compiled whatever the depth. The depth (or more): no
   # loop, which on CPUs saves the loop's stacked-activation buffers and dynamic weight slices
-  # (the demo's 4-layer step: about a sixth faster, BENCHMARKS.md), for a compile that grows
-  # with the depth.
+  # (the demo's 4 layers: a sixth off the forward and backward pass, 5 % off the whole train
+  # step, BENCHMARKS.md), for a compile that grows with the depth.
   scan_unroll: int = 1
   attention_impl: str = "xla"  # ardiff/models/attention.py
   dtype: jnp.dtype = jnp.float32  # of the matmuls of attention and MLP (and of the KV cache)
