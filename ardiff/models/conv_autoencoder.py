@@ -59,10 +59,7 @@ class ConvEncoder(nn.Module):
       for j in range(self.num_res_blocks):
         x = pixel_decoder_lib.ResnetBlock(h * m, self.groups, **kw, name=f"down_{level}_{j}")(x)
       if level < len(mult) - 1:
-        x = nn.Conv(h * m, (3, 3), strides=2, padding="SAME", name=f"downsample_{level}",
-                    kernel_init=named(nn.initializers.lecun_normal(),
-                                      layers.CONV_AXES),
-                    bias_init=named(nn.initializers.zeros_init(), ("conv_out",)), **kw)(x)
+        x = layers.conv(h * m, 3, f"downsample_{level}", strides=2, **kw)(x)
     for j in range(self.num_res_blocks):
       x = pixel_decoder_lib.ResnetBlock(h * mult[-1], self.groups, **kw, name=f"mid_{j}")(x)
     x = nn.silu(pixel_decoder_lib.group_norm(self.groups, "norm_out")(x))

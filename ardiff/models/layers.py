@@ -221,12 +221,13 @@ class FusedAttention(nn.Module):
     return HeadsOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 
 
-def conv(features: int, kernel: int, name: str | None = None, *, use_bias: bool = True,
-         dtype=jnp.float32, param_dtype=jnp.float32,
+def conv(features: int, kernel: int, name: str | None = None, *, strides: int = 1,
+         use_bias: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
          kernel_init=nn.initializers.lecun_normal()) -> nn.Conv:
-  """A stride-1 convolution padded to keep the size (the reference's Conv2dSame)."""
+  """A convolution padded to keep the size at stride 1 (the reference's Conv2dSame); strides > 1
+  downsample by that factor."""
   return nn.Conv(
-      features, (kernel, kernel), padding="SAME", use_bias=use_bias, name=name, dtype=dtype,
-      param_dtype=param_dtype, kernel_init=named(kernel_init, CONV_AXES),
+      features, (kernel, kernel), strides=strides, padding="SAME", use_bias=use_bias, name=name,
+      dtype=dtype, param_dtype=param_dtype, kernel_init=named(kernel_init, CONV_AXES),
       bias_init=named(nn.initializers.zeros_init(), ("conv_out",)),
   )
