@@ -2,6 +2,7 @@ r"""Throughput of the jitted train step, next to the matmul FLOP/s this machine 
 
   python -m benchmarks.train_step [--configs=tiny,demo,paper] [--steps=10] [--paper_depth=2]
   python -m benchmarks.train_step --configs=demo_pixels,demo_pixels_scan --steps=30
+  python -m benchmarks.train_step --configs=demo_pixels:16,demo_pixels:8,demo_pixels:4 --steps=20
 
 For each config: steps/s, tokens/s (video tokens: batch x frames x tokens per frame) and the
 achieved FLOP/s, with FLOPs per step from XLA's cost analysis of the compiled step. The matmul
@@ -11,6 +12,7 @@ so the ratio is comparable across noisy, shared machines. "paper" is the paper's
 "demo" is the 16-frame demo model BENCHMARKS.md measured; "demo_pixels" today's demo
 (configs/demo.py: 4 frames of 4x4-pixel patches, pixel convolutions, the 4 layers unrolled),
 "demo_pixels_scan" the same with its layers in a loop (model.scan_unroll=1).
+A config name followed by ":N" runs it with global batch N.
 """
 
 import time
@@ -99,8 +101,11 @@ def main(argv):
   print("| config | params | batch | steps/s | tokens/s | GFLOP/step | achieved GFLOP/s | / matmul |")
   print("|---|---|---|---|---|---|---|---|")
   for name in _CONFIGS.value:
+    name, _, batch = name.partition(":")
     config = builders[name]()
     config.mesh.shape = (-1, 1, 1)
+    if batch:
+      config.global_batch_size = int(batch)
     r = time_config(name, config)
     achieved = r["flops"] / r["step_s"]
     print(f"| {name} | {r['params']:,} | {r['batch']} | {1 / r['step_s']:.2f} |"
