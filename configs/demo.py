@@ -1,7 +1,8 @@
 """The embedded demo: moving digits (built from scikit-learn's digits) as white digits on 32x32
 frames, a small causal DiT over 4x4-pixel patches with pixel convolutions around it, trained with
-FoPP on 4-frame clips for about an hour on a 2-core CPU (`:runlocal`: a minute; half an hour with
-`--config.num_train_steps=2400`). docs/demo.md measures every choice here."""
+FoPP on 4-frame clips for about an hour on a 2-core CPU (`:runlocal`: a minute; under half an
+hour with `--config.global_batch_size=8 --config.num_train_steps=4800`, run V8). docs/demo.md
+measures every choice here."""
 
 from ardiff import default_config
 from configs import common
@@ -12,8 +13,8 @@ def get_config(arg=None):
   # A 4-frame window: at 64 tokens per frame, 16 frames would cost 16x the attention.
   c.num_frames = 4
   c.global_batch_size = 16
-  # 60 minutes on a 2-core VM at 201 GFLOP/s with the layers in a loop (run CV, README); 2400
-  # steps unrolled took 31 there (run U) and score worse (docs/demo.md).
+  # 60 minutes on a 2-core VM at 201 GFLOP/s with the layers in a loop (run CV, README). In half
+  # an hour, batches of 8 (4800 steps, run V8: 26 minutes) score worse, better than 2400 of 16.
   c.num_train_steps = 5000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
