@@ -30,7 +30,6 @@ import jax.numpy as jnp
 
 from ardiff.models import layers
 from ardiff.models import pixel_decoder as pixel_decoder_lib
-from ardiff.models.layers import named
 
 
 def latent_grid(image_size: int, levels: int) -> int:
@@ -65,11 +64,8 @@ class ConvEncoder(nn.Module):
     x = nn.silu(pixel_decoder_lib.group_norm(self.groups, "norm_out")(x))
     # The log-variance starts at logvar_init (its bias), as the reference's posterior does.
     bias = jnp.concatenate([jnp.zeros(self.channels), jnp.full(self.channels, self.logvar_init)])
-    moments = nn.Conv(
-        2 * self.channels, (3, 3), padding="SAME", name="conv_out",
-        kernel_init=named(nn.initializers.lecun_normal(), layers.CONV_AXES),
-        bias_init=named(lambda *_: bias, ("conv_out",)), dtype=jnp.float32,
-        param_dtype=self.param_dtype)(x)
+    moments = layers.conv(2 * self.channels, 3, "conv_out", bias_init=lambda *_: bias,
+                          dtype=jnp.float32, param_dtype=self.param_dtype)(x)
     mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
     return jnp.tanh(mean), logvar
 

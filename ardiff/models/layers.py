@@ -223,11 +223,11 @@ class FusedAttention(nn.Module):
 
 def conv(features: int, kernel: int, name: str | None = None, *, strides: int = 1,
          use_bias: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
-         kernel_init=nn.initializers.lecun_normal()) -> nn.Conv:
+         kernel_init=nn.initializers.lecun_normal(), bias_init=_zeros) -> nn.Conv:
   """A convolution padded to keep the size at stride 1 (the reference's Conv2dSame); strides > 1
   downsample by that factor."""
   return nn.Conv(
       features, (kernel, kernel), strides=strides, padding="SAME", use_bias=use_bias, name=name,
       dtype=dtype, param_dtype=param_dtype, kernel_init=named(kernel_init, CONV_AXES),
-      bias_init=named(nn.initializers.zeros_init(), ("conv_out",)),
+      bias_init=named(bias_init, ("conv_out",)),
   )
