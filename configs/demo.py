@@ -13,8 +13,9 @@ def get_config(arg=None):
   # A 4-frame window: at 64 tokens per frame, 16 frames would cost 16x the attention.
   c.num_frames = 4
   c.global_batch_size = 16
-  # 60 minutes on a 2-core VM at 201 GFLOP/s with the layers in a loop (run CV, README). In half
-  # an hour, batches of 8 (4800 steps, run V8: 26 minutes) score worse, better than 2400 of 16.
+  # 60 minutes on a 2-core VM at 201 GFLOP/s with the layers in a loop (run CV, README). The
+  # half hour scores worse: batches of 8 for 4800 steps (run V8, 26 minutes) a little better
+  # than 2400 steps of 16 (run U, 31 minutes).
   c.num_train_steps = 5000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
