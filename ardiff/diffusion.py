@@ -184,7 +184,8 @@ def ddim_step(sched: Schedule, x_t, t, t_next, x0, eps, noise=None, eta: float =
   """One DDIM update from t to t_next, both int [B, F]: each frame has its own pair.
 
   x0 and eps are the model's estimates at (x_t, t). Frames with t_next == t are returned
-  untouched; t_next = -1 lands on x0. eta = 0 is deterministic DDIM, eta = 1 DDPM-like.
+  untouched; t_next = -1 lands on x0. eta = 0 is deterministic DDIM, eta = 1 DDPM-like; above
+  1 more of the noise is fresh, at most all of it (x0 noised afresh to t_next).
   """
   a_t = _per_frame(alpha_bar(sched, t), x_t)
   a_next = _per_frame(alpha_bar(sched, t_next), x_t)
@@ -192,6 +193,8 @@ def ddim_step(sched: Schedule, x_t, t, t_next, x0, eps, noise=None, eta: float =
   sigma = eta * jnp.sqrt(
       jnp.clip((1.0 - a_next) / jnp.maximum(1.0 - a_t, 1e-12) * (1.0 - a_t / a_next), 0.0)
   )
+  # eta > 1: at most all of t_next's noise is fresh (x0 re-noised), never more than its level.
+  sigma = jnp.minimum(sigma, jnp.sqrt(1.0 - a_next))
   x_next = jnp.sqrt(a_next) * x0 + jnp.sqrt(jnp.clip(1.0 - a_next - sigma**2, 0.0)) * eps
   if noise is not None:
     x_next = x_next + sigma * noise

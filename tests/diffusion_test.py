@@ -164,3 +164,25 @@ def test_ddim_step_matches_float64_formula():
       sched, arr(xt), jnp.array([[t]]), jnp.array([[t_next]]), arr(x0), arr(eps), arr(noise), eta
   )
   assert float(got.squeeze()) == pytest.approx(expect, rel=1e-5)
+
+
+@pytest.mark.parametrize("eta", [1.5, 5.0])
+def test_ddim_step_above_eta_one_renoises_x0_at_most(eta):
+  """Where eta's noise would exceed t_next's level, the step is x0 noised afresh to t_next: never
+  more noise than the level the next call feeds the model at."""
+  sched = diffusion.make_schedule("linear", 1000)
+  ac = np.cumprod(1 - diffusion.make_betas("linear", 1000))
+  xt, x0, eps, noise = 0.4, -0.2, 1.1, 0.5
+  arr = lambda v: jnp.full((1, 1, 1, 1), v)  # noqa: E731
+  for t, t_next in [(600, 400), (80, 40), (999, 959)]:
+    a, an = ac[t], ac[t_next]
+    sigma = min(eta * np.sqrt((1 - an) / (1 - a) * (1 - a / an)), np.sqrt(1 - an))
+    expect = np.sqrt(an) * x0 + np.sqrt(max(1 - an - sigma**2, 0)) * eps + sigma * noise
+    got = diffusion.ddim_step(sched, arr(xt), jnp.array([[t]]), jnp.array([[t_next]]), arr(x0),
+                              arr(eps), arr(noise), eta)
+    assert float(got.squeeze()) == pytest.approx(expect, rel=1e-5, abs=1e-6)
+  # eta 5 is past the cap at every step: x0 re-noised, eps gone.
+  got = diffusion.ddim_step(sched, arr(xt), jnp.array([[600]]), jnp.array([[400]]), arr(x0),
+                            arr(eps), arr(noise), 5.0)
+  assert float(got.squeeze()) == pytest.approx(
+      np.sqrt(ac[400]) * x0 + np.sqrt(1 - ac[400]) * noise, rel=1e-5)
