@@ -181,7 +181,7 @@ def test_ddim_step_above_eta_one_renoises_x0_at_most(eta):
     got = diffusion.ddim_step(sched, arr(xt), jnp.array([[t]]), jnp.array([[t_next]]), arr(x0),
                               arr(eps), arr(noise), eta)
     assert float(got.squeeze()) == pytest.approx(expect, rel=1e-5, abs=1e-6)
-  # eta 5 is past the cap at this step (it lies at 1.8): x0 re-noised, eps gone.
+  # eta 5 is past the cap at this step (it lies at 1.1): x0 re-noised, eps gone.
   got = diffusion.ddim_step(sched, arr(xt), jnp.array([[600]]), jnp.array([[400]]), arr(x0),
                             arr(eps), arr(noise), 5.0)
   assert float(got.squeeze()) == pytest.approx(
