@@ -166,7 +166,7 @@ def test_ddim_step_matches_float64_formula():
   assert float(got.squeeze()) == pytest.approx(expect, rel=1e-5)
 
 
-@pytest.mark.parametrize("eta", [1.5, 5.0])
+@pytest.mark.parametrize("eta", [1.2, 5.0])  # 1.2: below the cap at 2 of the 3 steps
 def test_ddim_step_above_eta_one_renoises_x0_at_most(eta):
   """Where eta's noise would exceed t_next's level, the step is x0 noised afresh to t_next: never
   more noise than the level the next call feeds the model at."""
