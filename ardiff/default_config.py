@@ -46,6 +46,9 @@ def get_default_config() -> mc.ConfigDict:
   # distribution) with this mean and std: the middle noise levels count more.
   c.diffusion.logit_normal_mean = 0.0
   c.diffusion.logit_normal_std = 1.0
+  # Each element's error times 1 + foreground_weight * its clean brightness in [0, 1]
+  # (docs/demo.md run FG); 0 is the paper's plain MSE.
+  c.diffusion.foreground_weight = 0.0
 
   c.optimizer = mc.ConfigDict()
   c.optimizer.learning_rate = 2e-4

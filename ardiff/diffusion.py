@@ -136,18 +136,21 @@ def timestep_weights(
   return {"x0": x0_weight, "eps": x0_weight / snr, "v": x0_weight / (snr + 1.0)}[parameterization]
 
 
-def frame_losses(out, tgt, t, weights=None) -> jax.Array:
-  """Per-frame MSE, mean over tokens and channels: [B, F]; times weights[t] if given."""
+def frame_losses(out, tgt, t, weights=None, pixel_weights=None) -> jax.Array:
+  """Per-frame MSE, mean over tokens and channels: [B, F]; times weights[t] if given, each
+  element's error times pixel_weights (shaped as out) if given."""
   err = jnp.square(out.astype(jnp.float32) - tgt.astype(jnp.float32))
+  if pixel_weights is not None:
+    err = err * pixel_weights
   per_frame = jnp.mean(err, axis=tuple(range(2, err.ndim)))
   if weights is not None:
     per_frame = per_frame * weights[t]
   return per_frame
 
 
-def loss_and_metrics(out, tgt, t, weights=None):
+def loss_and_metrics(out, tgt, t, weights=None, pixel_weights=None):
   """Scalar training loss and the loss by frame position [F] (mean over the batch)."""
-  per_frame = frame_losses(out, tgt, t, weights)
+  per_frame = frame_losses(out, tgt, t, weights, pixel_weights)
   return jnp.mean(per_frame), jnp.mean(per_frame, axis=0)
 
 

@@ -101,13 +101,18 @@ def train_step(config, model, tx, state, batch, rng):
   weights = diffusion.timestep_weights(
       sched, config.diffusion.loss_weighting, param,
       logit_normal=(config.diffusion.logit_normal_mean, config.diffusion.logit_normal_std))
+  # Errors on bright pixels weigh more (foreground_weight): under uncertainty the fit leans
+  # towards the strokes rather than a dim average of them and the background.
+  pixel_weights = None
+  if config.diffusion.foreground_weight:
+    pixel_weights = 1.0 + config.diffusion.foreground_weight * (x0 + 1.0) / 2.0
   if labels is not None:  # classifier-free guidance: sometimes train with the null label
     drop = jax.random.uniform(k_drop, (b,)) < config.label_drop
     labels = jnp.where(drop, config.model.num_classes, labels)
 
   def loss_fn(params):
     out = model.apply({"params": params}, x_t, t, labels)
-    return diffusion.loss_and_metrics(out, tgt, t, weights)
+    return diffusion.loss_and_metrics(out, tgt, t, weights, pixel_weights)
 
   (loss, loss_by_frame), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

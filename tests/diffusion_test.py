@@ -85,6 +85,10 @@ def test_loss_per_frame_and_weights():
   weights = jnp.array([1.0, 10.0, 100.0])
   per = diffusion.frame_losses(out, tgt, t, weights)
   np.testing.assert_allclose(np.asarray(per), [[0.0, 10.0, 400.0], [0.0, 10.0, 4.0]])
+  # Per-element weights: the second half of each frame's elements counts three times.
+  pw = jnp.broadcast_to(jnp.repeat(jnp.array([1.0, 3.0]), 10).reshape(4, 5), out.shape)
+  per = diffusion.frame_losses(out, tgt, t, pixel_weights=pw)
+  np.testing.assert_allclose(np.asarray(per), [[0.0, 2.0, 8.0]] * 2)
 
 
 def test_min_snr_weights():
