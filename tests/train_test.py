@@ -68,6 +68,17 @@ def test_loss_falls_on_a_fixed_batch(weighting):
     assert losses[0] != pytest.approx(unweighted, rel=1e-2)
 
 
+def test_foreground_weight_weighs_bright_pixels_more():
+  # The same first step as the reference, each error times 1 + w * brightness in [0, 1]: the
+  # loss rises, by less than the factor 1 + w that an all-white batch would give.
+  config = tiny.get_config()
+  config.mesh.shape = (1, 1, 1)
+  config.diffusion.foreground_weight = 1.0
+  losses, _ = run_steps(config, jax.devices()[:1], 1, fixed_batch(config))
+  unweighted = one_device_reference()[0][0]
+  assert 1.05 * unweighted < losses[0] < 2.0 * unweighted, (losses[0], unweighted)
+
+
 @functools.lru_cache(maxsize=1)
 def one_device_reference():
   config = tiny.get_config()
