@@ -47,7 +47,14 @@ def model_inputs(config, batch) -> tuple[jax.Array, jax.Array | None]:
 def check_config(config):
   """Errors that say what to change, before anything is built."""
   m = config.model
+  fg = config.diffusion.foreground_weight
+  if fg < 0:
+    raise ValueError(f"diffusion.foreground_weight={fg}: use 0 (plain MSE) or a positive weight.")
   if config.latents.autoencoder_workdir or not patches.is_pixel_config(config):
+    if fg:
+      raise ValueError(
+          f"diffusion.foreground_weight={fg} weighs pixels by their brightness, which latents"
+          " do not have: set it to 0 for stage 2 on latents.")
     latents.check_ready(config)  # the latents exist and fit the model (and have a workdir)
     if config.latents.l2_normalize:
       ae = checkpoint.run_config(config.latents.autoencoder_workdir).autoencoder

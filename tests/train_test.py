@@ -236,6 +236,10 @@ def test_config_errors_say_what_to_change(make_config):
   with pytest.raises(ValueError, match="fopp_clean_prefix_prob=0.25 needs train_timesteps='fopp'"):
     train.check_config(c)
   c = make_config()
+  c.diffusion.foreground_weight = -0.5
+  with pytest.raises(ValueError, match=r"foreground_weight=-0.5: use 0"):
+    train.check_config(c)
+  c = make_config()
   c.data.name = "taichi"
   with pytest.raises(NotImplementedError, match="taichi"):
     train.train_and_evaluate(c, "/tmp/unused")
@@ -245,6 +249,10 @@ def test_config_errors_say_what_to_change(make_config):
 
   with pytest.raises(ValueError, match=r"(?s)latents.autoencoder_workdir.*configs/taichi_vae.py"):
     train.check_config(taichi.get_config())
+  c = taichi.get_config()
+  c.diffusion.foreground_weight = 0.5
+  with pytest.raises(ValueError, match=r"foreground_weight=0.5 weighs pixels.*latents"):
+    train.check_config(c)
   with pytest.raises(NotImplementedError, match=r"(?s)taichi.*python -m ardiff.data.build"):
     train_autoencoder.check_config(make_config("taichi_vae"))
 
