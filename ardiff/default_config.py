@@ -47,7 +47,8 @@ def get_default_config() -> mc.ConfigDict:
   c.diffusion.logit_normal_mean = 0.0
   c.diffusion.logit_normal_std = 1.0
   # Each element's error times 1 + foreground_weight * its clean brightness in [0, 1]
-  # (docs/demo.md run FG); 0 is the paper's plain MSE.
+  # (docs/demo.md run FG: more mass in the samples); 0 is the paper's plain MSE. Pixels only;
+  # the logged loss is the weighted one.
   c.diffusion.foreground_weight = 0.0
 
   c.optimizer = mc.ConfigDict()
