@@ -1,9 +1,8 @@
 """The embedded demo: moving digits (built from scikit-learn's digits) as white digits on 32x32
 frames, a small causal DiT over 4x4-pixel patches with pixel convolutions around it, trained with
 FoPP on 4-frame clips for about an hour on a 2-core CPU (`:runlocal`: a minute; under half an
-hour with `--config.global_batch_size=8 --config.num_train_steps=4800`, run V8, and at its best
-with `--config.model.conv_head_channels=16 --config.num_train_steps=5500
---config.diffusion.foreground_weight=0.5`, run FG). docs/demo.md measures every choice here."""
+hour with `--config.global_batch_size=8 --config.num_train_steps=4800`, run V8). docs/demo.md
+measures every choice here."""
 
 from ardiff import default_config
 from configs import common
