@@ -50,6 +50,10 @@ def get_default_config() -> mc.ConfigDict:
   # (docs/demo.md run FG: more mass in the samples); 0 is the paper's plain MSE. Pixels only;
   # the logged loss is the weighted one.
   c.diffusion.foreground_weight = 0.0
+  # Each element's loss: "mse" (the paper's), "l1", or "pseudo_huber" (squared below huber_c,
+  # absolute above; in x0 units of the [-1, 1] pixels or latents).
+  c.diffusion.loss = "mse"
+  c.diffusion.huber_c = 0.03
 
   c.optimizer = mc.ConfigDict()
   c.optimizer.learning_rate = 2e-4

@@ -136,10 +136,29 @@ def timestep_weights(
   return {"x0": x0_weight, "eps": x0_weight / snr, "v": x0_weight / (snr + 1.0)}[parameterization]
 
 
-def frame_losses(out, tgt, t, weights=None, pixel_weights=None) -> jax.Array:
-  """Per-frame MSE, mean over tokens and channels: [B, F]; times weights[t] if given, each
-  element's error times pixel_weights (shaped as out) if given."""
-  err = jnp.square(out.astype(jnp.float32) - tgt.astype(jnp.float32))
+ELEMENT_LOSSES = ("mse", "l1", "pseudo_huber")
+
+
+def element_loss(diff, kind: str = "mse", huber_c: float = 0.03) -> jax.Array:
+  """Each element's loss for the error diff: squared (the paper's), absolute, or pseudo-Huber,
+  sqrt(diff^2 + c^2) - c: squared below c, absolute above. Absolute errors are minimised by the
+  median rather than the mean, so an unsure x0 estimate of a stroke is not a dim average of
+  stroke and background (docs/demo.md, run HU)."""
+  if kind == "mse":
+    return jnp.square(diff)
+  if kind == "l1":
+    return jnp.abs(diff)
+  if kind == "pseudo_huber":
+    return jnp.sqrt(jnp.square(diff) + huber_c**2) - huber_c
+  raise ValueError(f"diffusion.loss={kind!r}: use one of {ELEMENT_LOSSES}.")
+
+
+def frame_losses(out, tgt, t, weights=None, pixel_weights=None, kind="mse",
+                 huber_c=0.03) -> jax.Array:
+  """Per-frame loss (element_loss of kind, MSE by default), mean over tokens and channels:
+  [B, F]; times weights[t] if given, each element's loss times pixel_weights (shaped as out)
+  if given."""
+  err = element_loss(out.astype(jnp.float32) - tgt.astype(jnp.float32), kind, huber_c)
   if pixel_weights is not None:
     err = err * pixel_weights
   per_frame = jnp.mean(err, axis=tuple(range(2, err.ndim)))
@@ -148,9 +167,9 @@ def frame_losses(out, tgt, t, weights=None, pixel_weights=None) -> jax.Array:
   return per_frame
 
 
-def loss_and_metrics(out, tgt, t, weights=None, pixel_weights=None):
+def loss_and_metrics(out, tgt, t, weights=None, pixel_weights=None, kind="mse", huber_c=0.03):
   """Scalar training loss and the loss by frame position [F] (mean over the batch)."""
-  per_frame = frame_losses(out, tgt, t, weights, pixel_weights)
+  per_frame = frame_losses(out, tgt, t, weights, pixel_weights, kind, huber_c)
   return jnp.mean(per_frame), jnp.mean(per_frame, axis=0)
 
 

@@ -50,6 +50,11 @@ def check_config(config):
   fg = config.diffusion.foreground_weight
   if fg < 0:
     raise ValueError(f"diffusion.foreground_weight={fg}: use 0 (plain MSE) or a positive weight.")
+  if config.diffusion.loss not in diffusion.ELEMENT_LOSSES:
+    raise ValueError(
+        f"diffusion.loss={config.diffusion.loss!r}: use one of {diffusion.ELEMENT_LOSSES}.")
+  if config.diffusion.loss == "pseudo_huber" and not config.diffusion.huber_c > 0:
+    raise ValueError(f"diffusion.huber_c={config.diffusion.huber_c}: use a positive constant.")
   if config.latents.autoencoder_workdir or not patches.is_pixel_config(config):
     if fg:
       raise ValueError(
@@ -119,7 +124,8 @@ def train_step(config, model, tx, state, batch, rng):
 
   def loss_fn(params):
     out = model.apply({"params": params}, x_t, t, labels)
-    return diffusion.loss_and_metrics(out, tgt, t, weights, pixel_weights)
+    return diffusion.loss_and_metrics(
+        out, tgt, t, weights, pixel_weights, config.diffusion.loss, config.diffusion.huber_c)
 
   (loss, loss_by_frame), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

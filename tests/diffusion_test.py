@@ -91,6 +91,31 @@ def test_loss_per_frame_and_weights():
   np.testing.assert_allclose(np.asarray(per), [[0.0, 2.0, 8.0]] * 2)
 
 
+def test_element_losses():
+  d = np.linspace(-1.5, 1.5, 31)
+  for kind, want in [("mse", d**2), ("l1", np.abs(d)),
+                     ("pseudo_huber", np.sqrt(d**2 + 0.1**2) - 0.1)]:
+    got = diffusion.element_loss(jnp.asarray(d, jnp.float32), kind, 0.1)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  # A pixel that is a stroke (1) in 30 % of the clips and background (-1) in the rest: the
+  # squared error is least at the dim mean (-0.4), the absolute one at the background (the
+  # median), pseudo-Huber with a small c near it.
+  tgt = jnp.asarray([1.0] * 3 + [-1.0] * 7)
+  cands = np.linspace(-1, 1, 201)
+
+  def best(kind):
+    losses = [float(jnp.mean(diffusion.element_loss(c - tgt, kind, 0.03))) for c in cands]
+    return cands[int(np.argmin(losses))]
+
+  assert best("mse") == pytest.approx(-0.4)
+  assert best("l1") == pytest.approx(-1.0)
+  assert best("pseudo_huber") < -0.95
+  per = diffusion.frame_losses(jnp.zeros((1, 2, 3)), jnp.full((1, 2, 3), -2.0), None, kind="l1")
+  np.testing.assert_allclose(np.asarray(per), [[2.0, 2.0]])
+  with pytest.raises(ValueError, match="diffusion.loss"):
+    diffusion.element_loss(jnp.zeros(2), "huber")
+
+
 def test_min_snr_weights():
   sched = diffusion.make_schedule("linear", 1000)
   snr = np.asarray(sched.alphas_cumprod / (1 - sched.alphas_cumprod))
