@@ -9,8 +9,9 @@ achieved FLOP/s, with FLOPs per step from XLA's cost analysis of the compiled st
 reference (a float32 square matmul, or bfloat16 on accelerators) is measured in the same run,
 so the ratio is comparable across noisy, shared machines. "paper" is the paper's shape (hidden
 1152, 16 heads, 16 frames x 32 tokens x 4 channels) with --paper_depth layers instead of 28.
-"demo" is the 16-frame demo model BENCHMARKS.md measured; "demo_pixels" today's demo
-(configs/demo.py: 4 frames of 4x4-pixel patches, pixel convolutions, the 4 layers unrolled),
+"demo" is the 16-frame demo model BENCHMARKS.md measured; "demo_pixels" the 32x32 demo of run CV
+(configs/demo.py's get_32_pixel_config: 4 frames of 4x4-pixel patches, pixel convolutions, the
+4 layers unrolled; BENCHMARKS.md measured it), "demo_16px" today's demo (16x16 frames),
 "demo_pixels_scan" the same with its layers in a loop (model.scan_unroll=1).
 A config name followed by ":N" runs it with global batch N.
 """
@@ -49,7 +50,7 @@ def paper_config():
 
 
 def demo_pixels_scan_config():
-  c = demo.get_config()
+  c = demo.get_32_pixel_config()
   c.model.scan_unroll = 1
   return c
 
@@ -92,7 +93,8 @@ def main(argv):
   # "demo": the 16-frame demo model that BENCHMARKS.md measured (configs/demo.py's earlier
   # settings), so that its rows stay reproducible.
   builders = {"tiny": tiny.get_config, "demo": demo.get_16_frame_config, "paper": paper_config,
-              "demo_pixels": demo.get_config, "demo_pixels_scan": demo_pixels_scan_config}
+              "demo_pixels": demo.get_32_pixel_config, "demo_pixels_scan": demo_pixels_scan_config,
+              "demo_16px": demo.get_config}
   device = jax.devices()[0]
   ref_dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   peak = machine.matmul_flops_per_sec(dtype=ref_dtype)

@@ -1,8 +1,8 @@
-"""The embedded demo: moving digits (built from scikit-learn's digits) as white digits on 32x32
-frames, a small causal DiT over 4x4-pixel patches with pixel convolutions around it, trained with
-FoPP on 4-frame clips for about an hour on a 2-core CPU (`:runlocal`: a minute; under half an
-hour with `--config.global_batch_size=8 --config.num_train_steps=4800`, run V8). docs/demo.md
-measures every choice here."""
+"""The embedded demo: moving digits (built from scikit-learn's digits, Moving MNIST's
+proportions) as white digits on 16x16 frames, a small causal DiT over 4x4-pixel patches with
+pixel convolutions around it, trained with FoPP on 4-frame clips for 26 minutes on a 2-core CPU
+(run X16B8; `:runlocal`: a minute). The 32x32 recipe it replaced (run CV, an hour) is
+`get_32_pixel_config()`. docs/demo.md measures every choice here."""
 
 from ardiff import default_config
 from configs import common
@@ -12,14 +12,13 @@ def get_config(arg=None):
   c = default_config.get_default_config()
   # A 4-frame window: at 64 tokens per frame, 16 frames would cost 16x the attention.
   c.num_frames = 4
-  c.global_batch_size = 16
-  # 60 minutes on a 2-core VM at 201 GFLOP/s with the layers in a loop (run CV, README). The
-  # half hour scores worse: batches of 8 for 4800 steps (run V8, 26 minutes) a little better
-  # than 2400 steps of 16 (run U, 31 minutes).
-  c.num_train_steps = 5000
+  # Batches of 8 for 16000 steps: 26 minutes on a 2-core VM at 150-170 GFLOP/s (run X16B8,
+  # README), FVD48 5.4x the floor; 9000 steps of 16 in about as long: 7.0x (run X16L).
+  c.global_batch_size = 8
+  c.num_train_steps = 16000
   c.log_every_steps = 50
-  c.checkpoint_every_steps = 500
-  c.sample_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.sample_every_steps = 8000
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 100
   c.optimizer.schedule = "cosine"  # decays to 0 at the last step
@@ -28,10 +27,14 @@ def get_config(arg=None):
   # against 695 without both, docs/demo.md runs P4 and P4b).
   c.fopp_clean_prefix_prob = 0.25
 
-  c.data.name = "moving_digits"
+  # 28-pixel digits on 64x64 frames, 7 pixels at 16x16: legible there, where moving_digits'
+  # 20-pixel ones (5 pixels) are not.
+  c.data.name = "moving_digits_large"
   c.data.grayscale = True  # white digits, as every run since H in docs/demo.md
-  c.data.resolution = 32
-  c.data.patch_size = 4  # 64 tokens of 48 channels per frame: a digit spans about 3x3 patches
+  # 16 tokens of 48 channels per frame: a step is about a quarter of the 32x32 one's, and FVD48
+  # falls fast with steps (docs/demo.md, "16x16 frames").
+  c.data.resolution = 16
+  c.data.patch_size = 4
 
   c.model.hidden_size = 128
   c.model.depth = 4
@@ -59,10 +62,22 @@ def get_config(arg=None):
   c.sampling.num_videos = 8
   c.sampling.batch_size = 8
   c.eval.num_videos = 128
-  # FVD on the 48-frame samples needs 48-frame real clips: moving_digits stores 32.
-  c.eval.data_name = "moving_digits_long"
+  # FVD on the 48-frame samples needs 48-frame real clips: moving_digits_large stores 32.
+  c.eval.data_name = "moving_digits_large_long"
   c.eval.batch_size = 16
   return common.runlocal(c) if common.parse_arg(arg) else c
+
+
+def get_32_pixel_config():
+  """The demo until run X16B8 (run CV): moving_digits' 20-pixel digits on 32x32 frames (64
+  tokens per frame), batches of 16 for 5000 steps: an hour on a 2-core VM at 201 GFLOP/s,
+  FVD48 6.0x the floor (docs/demo_quality_cv.json)."""
+  c = get_config()
+  c.global_batch_size, c.num_train_steps = 16, 5000
+  c.checkpoint_every_steps, c.sample_every_steps = 500, 1000
+  c.data.name, c.data.resolution = "moving_digits", 32
+  c.eval.data_name = "moving_digits_long"
+  return c
 
 
 def get_16_frame_config():
@@ -70,7 +85,7 @@ def get_16_frame_config():
   the frame index, no pixel convolutions, the paper's FoPP, a constant learning rate,
   deterministic DDIM without history guidance. The sampler comparison (docs/results.md), the
   two-stage demo and the benchmarks' "demo" rows were measured with them."""
-  c = get_config()
+  c = get_32_pixel_config()
   c.num_frames = 16
   c.num_train_steps = 4000
   c.sample_every_steps = 500

@@ -15,7 +15,7 @@ from configs import demo
 def get_config(arg=None):
   args = common.parse_args(arg, allowed=("runlocal", "conv"))
   if "conv" in args:
-    c = demo.get_config()
+    c = demo.get_32_pixel_config()  # 32x32 frames, as runs LA and LB measured
     # Whose latents (runlocal shrinks by them): configs/demo_vae.py:conv's.
     c.autoencoder.kind, c.autoencoder.latent_patch_size = "conv", 2
     c.model.tokens_per_frame = 16  # 4x4 patches of 2x2 cells: the axial RoPE's rows, columns
