@@ -1,7 +1,7 @@
 """The embedded demo: moving digits (built from scikit-learn's digits, Moving MNIST's
 proportions) as white digits on 16x16 frames, a small causal DiT over 4x4-pixel patches with
-pixel convolutions around it, trained with FoPP on 4-frame clips for 26 minutes on a 2-core CPU
-(run X16B8; `:runlocal`: a minute). The 32x32 recipe it replaced (run CV, an hour) is
+pixel convolutions around it, trained with FoPP on 4-frame clips for 20 minutes on a 2-core CPU
+(run B4; `:runlocal`: a minute). The 32x32 recipe it replaced (run CV, an hour) is
 `get_32_pixel_config()`. docs/demo.md measures every choice here."""
 
 from ardiff import default_config
@@ -12,13 +12,15 @@ def get_config(arg=None):
   c = default_config.get_default_config()
   # A 4-frame window: at 64 tokens per frame, 16 frames would cost 16x the attention.
   c.num_frames = 4
-  # Batches of 8 for 16000 steps: 26 minutes on a 2-core VM at 150-170 GFLOP/s (run X16B8,
-  # README), FVD48 5.4x the floor; 9000 steps of 16 in about as long: 7.0x (run X16L).
-  c.global_batch_size = 8
-  c.num_train_steps = 16000
+  # Batches of 4 for 28000 steps: 20 minutes on a 2-core VM at 193-195 GFLOP/s (runs B4 and
+  # B4S1, two seeds, README), FVD48 5.4x the floor, as batches of 8 for 16000 steps in 26
+  # minutes (run X16B8) but with objects that hold better frame by frame. 38000 steps fade
+  # (run B4L: 7.5x); 9000 steps of 16 in 28 minutes: 7.0x (run X16L).
+  c.global_batch_size = 4
+  c.num_train_steps = 28000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
-  c.sample_every_steps = 8000
+  c.sample_every_steps = 14000
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 100
   c.optimizer.schedule = "cosine"  # decays to 0 at the last step
@@ -69,7 +71,7 @@ def get_config(arg=None):
 
 
 def get_32_pixel_config():
-  """The demo until run X16B8 (run CV): moving_digits' 20-pixel digits on 32x32 frames (64
+  """The demo until the 16x16 runs (run CV): moving_digits' 20-pixel digits on 32x32 frames (64
   tokens per frame), batches of 16 for 5000 steps: an hour on a 2-core VM at 201 GFLOP/s,
   FVD48 6.0x the floor (docs/demo_quality_cv.json)."""
   c = get_config()
