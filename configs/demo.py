@@ -10,7 +10,7 @@ from configs import common
 
 def get_config(arg=None):
   c = default_config.get_default_config()
-  # A 4-frame window: at 64 tokens per frame, 16 frames would cost 16x the attention.
+  # A 4-frame window: 16 frames would cost 16x the attention (chosen at 32x32, 64 tokens a frame).
   c.num_frames = 4
   # Batches of 4 for 28000 steps: 20 minutes on a 2-core VM at 193-195 GFLOP/s (runs B4 and
   # B4S1, two seeds, README), FVD48 5.4x the floor, as batches of 8 for 16000 steps in 26
@@ -58,7 +58,8 @@ def get_config(arg=None):
   # Samples without KV cache (docs/demo.md).
   c.sampling.history_guidance_scale = 1.5
   c.sampling.history_guidance_mode = "vanilla"
-  # Frame by frame 1.5 makes the objects grow (128 frames: 2.06); 1.25 holds them (1.02).
+  # Frame by frame on run P4 (32x32) 1.5 made the objects grow (128 frames: 2.06) and 1.25 held
+  # them (1.02); on the 16x16 models no scale from 1.0 to 2.5 keeps them digits (docs/demo.md).
   c.sampling.frame_by_frame_history_guidance_scale = 1.25
   c.sampling.num_frames = 48  # twelve times the trained window
   c.sampling.num_videos = 8
