@@ -66,7 +66,8 @@ def get_config(arg=None):
   c.sampling.history_guidance_scale = 1.5
   c.sampling.history_guidance_mode = "vanilla"
   # Frame by frame on run P4 (32x32) 1.5 made the objects grow (128 frames: 2.06) and 1.25 held
-  # them (1.02); on the 16x16 models no scale from 1.0 to 2.5 keeps them digits (docs/demo.md).
+  # them (1.02); on X16B8 (16x16, plain MSE) no scale from 1.0 to 2.5 kept them digits; on FG4
+  # the mass holds at 1.25 (1.10), some rollouts clutter (docs/demo.md).
   c.sampling.frame_by_frame_history_guidance_scale = 1.25
   c.sampling.num_frames = 48  # twelve times the trained window
   c.sampling.num_videos = 8
