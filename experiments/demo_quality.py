@@ -17,6 +17,11 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
   cache costs in quality). With history guidance (config.sampling.history_guidance_scale != 1)
   the sampler runs without cache, so every mode gives the same videos.
+- Legibility (ardiff.evaluation.digits, moving digits only): a digit reader trained for the
+  run on frames drawn as the dataset draws them reads every frame; "legible" is the fraction
+  of frames it is sure of and reads a digit in, "kept" the fraction whose digits are the
+  video's most frequent set (a digit that turns into another lowers it); generated and real,
+  over 48 frames and over the 128-frame rollouts after their prefix.
 - Context gain (metrics.context_gain): on 64 real clips of the window's length, the MSE of the
   model's one-step x0 estimate of frame 8 (the last frame of a shorter window) noised to t
   (400, 600, 800) with the frames before it noised alike, over the same with them clean. About
@@ -46,6 +51,7 @@ from ardiff import diffusion
 from ardiff import generate
 from ardiff import sampling
 from ardiff import video_io
+from ardiff.evaluation import digits
 from ardiff.evaluation import fvd
 from ardiff.evaluation import metrics
 from ardiff.evaluation import run as evaluation
@@ -116,6 +122,11 @@ def main(argv):
   f_other = evaluation.real_features(other, n, frames)
   results["fvd_real_vs_real"] = fvd.fvd_from_features(f_real, f_other)
   results["persistence_real"] = metrics.persistence(real)
+  glyph = digits.glyph_size(results["real_dataset"])
+  reader = digits.train_reader(config.data.resolution, glyph) if glyph else None
+  if reader:
+    results["reader_accuracy"] = reader.accuracy
+    results["legibility_real"] = digits.legibility(reader, real)
 
   for mode in _MODES.value:
     t0 = time.perf_counter()
@@ -125,8 +136,12 @@ def main(argv):
     results[f"fvd_{mode}"] = fvd.fvd_from_features(f_real, f_fake)
     results[f"persistence_{mode}"] = metrics.persistence(fake)
     results[f"sampling_s_{mode}"] = seconds
+    if reader:
+      results[f"legibility_{mode}"] = digits.legibility(reader, fake)
     if mode == _MODES.value[0]:
       results["fvd"], results["persistence"] = results[f"fvd_{mode}"], results[f"persistence_{mode}"]
+      if reader:
+        results["legibility"] = results[f"legibility_{mode}"]
       os.makedirs(_OUT.value, exist_ok=True)
       iio.imwrite(os.path.join(_OUT.value, "demo_samples.png"), strip(fake, 12))
 
@@ -138,6 +153,10 @@ def main(argv):
                       prefix_frames=LONG_PREFIX)
     long = generate.generate(c, params, _LONG_VIDEOS.value)
     results["long_persistence"] = metrics.persistence(long, first=LONG_PREFIX)
+    if reader:
+      results["long_legibility"] = digits.legibility(reader, long, first=LONG_PREFIX)
+      real_long = evaluation.real_clips(config, _LONG_VIDEOS.value, LONG_FRAMES)
+      results["long_legibility_real"] = digits.legibility(reader, real_long, first=LONG_PREFIX)
     results["long_frames"], results["long_prefix"] = LONG_FRAMES, LONG_PREFIX
     results["long_ar_step"] = long_ar_step
     results["long_history_guidance_scale"] = sampling.history_guidance_scale(c.sampling)
@@ -157,6 +176,11 @@ def main(argv):
           f" {results[f'fvd_{mode}']:.1f} | {floor:.1f} (real vs real) | <= {4 * floor:.1f} |")
     print(f"| persistence, {frames} frames, {mode} cache | {results[f'persistence_{mode}']:.3f} |"
           f" {results['persistence_real']:.3f} | about the real one |")
+    if reader:
+      for name in ("legible", "kept"):
+        print(f"| {name} frames (digit reader), {frames} frames, {mode} cache |"
+              f" {results[f'legibility_{mode}'][name]:.2f} |"
+              f" {results['legibility_real'][name]:.2f} | about the real one |")
   for t, g in results["context_gain"].items():
     print(f"| context gain, frame {results['context_frame']} at t = {t} (x0 MSE, earlier frames"
           f" noisy / clean) | {g['gain']:.3f} | | well above 1 |")
@@ -166,6 +190,13 @@ def main(argv):
     print(f"| persistence, {LONG_FRAMES} frames {how} from {LONG_PREFIX} real |"
           f" {results['long_persistence']:.3f} | {results['persistence_real']:.3f} | about the"
           " real one |")
+  if "long_legibility" in results:
+    for name in ("legible", "kept"):
+      print(f"| {name} frames (digit reader), {LONG_FRAMES} frames {how} |"
+            f" {results['long_legibility'][name]:.2f} |"
+            f" {results['long_legibility_real'][name]:.2f} | about the real one |")
+  if reader:
+    print(f"\nThe digit reader reads {reader.accuracy:.1%} of held-out real frames exactly.")
 
 
 if __name__ == "__main__":
