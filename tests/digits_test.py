@@ -1,5 +1,5 @@
 """The digit reader (ardiff.evaluation.digits): it reads held-out frames, and its legibility
-figures tell real clips from blurred ones and from ones whose digits change."""
+figures tell real clips from blurred ones and from ones whose digits change or fade."""
 
 import numpy as np
 import pytest
@@ -46,7 +46,7 @@ def test_reader_reads_held_out_frames(reader):
   assert np.mean(np.all(read == (targets[single] > 0.5), axis=-1)) > 0.85
 
 
-def test_legibility_tells_real_clips_from_blurred_and_changing_ones(reader):
+def test_legibility_tells_real_clips_from_blurred_changing_and_fading_ones(reader):
   real = builder_clips(24)
   figures = digits.legibility(reader, real)
   # (A reader trained this briefly is sure of fewer frames than demo_quality's.)
@@ -64,6 +64,10 @@ def test_legibility_tells_real_clips_from_blurred_and_changing_ones(reader):
   changing = np.concatenate([real[:, :12], np.roll(real, 1, axis=0)[:, 12:]], axis=1)
   kept = digits.legibility(reader, changing)["kept"]
   assert kept < figures["kept"] - 0.15
+  # Digits that fade to black halfway keep no digit there.
+  faded = real.copy()
+  faded[:, 12:] = 0
+  assert digits.legibility(reader, faded)["kept"] < figures["kept"] / 2 + 0.05
   # `first` drops a prefix: the second halves alone keep their digits again.
   assert digits.legibility(reader, changing, first=12)["kept"] > kept + 0.15
 

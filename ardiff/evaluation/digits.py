@@ -8,8 +8,8 @@ resize) from the train clips' digit images; its accuracy is measured on frames o
 Per frame it reads a digit set (the classes of probability > 0.5) and is sure of it when every
 class's probability is below 0.1 or above 0.9. Per video:
 - legible: the fraction of frames it is sure of and reads at least one digit in;
-- kept: the fraction of frames whose digit set is the video's most frequent one. A digit that
-  turns into another, dissolves or merges into a blob lowers it.
+- kept: the fraction of frames whose digit set is the video's most frequent one (of the sets
+  with a digit). A digit that turns into another, fades, or merges into a blob lowers it.
 Real clips are the yardstick: overlapping digits make some real frames unsure too.
 """
 
@@ -149,6 +149,7 @@ def legibility(reader: TrainedReader, videos: np.ndarray, first: int = 0) -> dic
   legible = sure & sets.any(axis=-1)
   kept = []
   for video in sets:
-    counts = collections.Counter(map(bytes, np.packbits(video, axis=-1)))
-    kept.append(counts.most_common(1)[0][1] / len(video))
+    # (Not an empty set: a video that fades to black would keep "no digit".)
+    counts = collections.Counter(map(bytes, np.packbits(video[video.any(axis=-1)], axis=-1)))
+    kept.append(counts.most_common(1)[0][1] / len(video) if counts else 0.0)
   return {"legible": float(legible.mean()), "kept": float(np.mean(kept))}
