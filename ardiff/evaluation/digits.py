@@ -5,8 +5,8 @@ reader is a small CNN trained here (a minute or two on a 2-core CPU) on frames d
 moving_digits builders draw theirs (1 or 2 sklearn digits of the dataset's glyph size anywhere
 on a 64x64 canvas, composited by their maximum, white, shrunk to the videos' resolution with the
 pipeline's resize) from the train clips' digit images; its accuracy is measured on frames of the
-others. Per frame it reads a digit set (the classes of probability > 0.5) and is sure of it when every
-class's probability is below 0.1 or above 0.9. Per video:
+others. Per frame it reads a digit set (the classes of probability > 0.5) and is sure of it when
+every class's probability is below 0.1 or above 0.9. Per video:
 - legible: the fraction of frames it is sure of and reads at least one digit in;
 - kept: the fraction of frames whose digit set is the video's most frequent one (of the sets
   with a digit). A digit that turns into another, fades, or merges into a blob lowers it.
