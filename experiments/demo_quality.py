@@ -18,10 +18,11 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
   cache costs in quality). With history guidance (config.sampling.history_guidance_scale != 1)
   the sampler runs without cache, so every mode gives the same videos.
 - Legibility (ardiff.evaluation.digits, moving digits only): a digit reader trained for the
-  run on frames drawn as the dataset draws them reads every frame; "legible" is the fraction
-  of frames it is sure of and reads a digit in, "kept" the fraction whose digits are the
-  video's most frequent set (a digit that turns into another lowers it); generated and real,
-  over 48 frames and over the 128-frame rollouts after their prefix.
+  run on frames drawn as the dataset draws them (its probabilities calibrated on held-out ones)
+  reads every frame; "legible" is the fraction of frames it is sure of and reads a digit in,
+  "kept" the fraction whose digits are the video's most frequent set (a digit that turns into
+  another lowers it); generated and real, over 48 frames and over the 128-frame rollouts after
+  their prefix.
 - Context gain (metrics.context_gain): on 64 real clips of the window's length, the MSE of the
   model's one-step x0 estimate of frame 8 (the last frame of a shorter window) noised to t
   (400, 600, 800) with the frames before it noised alike, over the same with them clean. About
@@ -126,6 +127,7 @@ def main(argv):
   reader = digits.train_reader(config.data.resolution, glyph) if glyph else None
   if reader:
     results["reader_accuracy"] = reader.accuracy
+    results["reader_temperature"] = reader.temperature
     results["legibility_real"] = digits.legibility(reader, real)
 
   for mode in _MODES.value:
@@ -196,7 +198,8 @@ def main(argv):
             f" {results['long_legibility'][name]:.2f} |"
             f" {results['long_legibility_real'][name]:.2f} | about the real one |")
   if reader:
-    print(f"\nThe digit reader reads {reader.accuracy:.1%} of held-out real frames exactly.")
+    print(f"\nThe digit reader reads {reader.accuracy:.1%} of held-out real frames exactly"
+          f" (its logits calibrated by a temperature of {reader.temperature:.2f}).")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,33 @@ def test_reader_reads_held_out_frames(reader):
   assert np.mean(np.all(read == (targets[single] > 0.5), axis=-1)) > 0.85
 
 
+def test_fit_temperature_undoes_a_known_overconfidence():
+  # Targets drawn from the probabilities sigmoid(z): z is calibrated, 3z three times too sure.
+  rng = np.random.default_rng(0)
+  z = rng.normal(0, 3, size=(20000, 10))
+  y = (rng.uniform(size=z.shape) < 1 / (1 + np.exp(-z))).astype(np.float32)
+  assert digits.fit_temperature(z, y) == pytest.approx(1.0, rel=0.05)
+  assert digits.fit_temperature(3 * z, y) == pytest.approx(3.0, rel=0.05)
+  assert digits.fit_temperature(z / 2, y) == pytest.approx(0.5, rel=0.05)
+
+
+def test_reader_is_calibrated_on_fresh_held_out_frames(reader):
+  images, targets = digits.draw_frames(np.random.default_rng(8), 1000, RESOLUTION, GLYPH,
+                                       held_out=True)
+  z = reader.logits(images).astype(np.float64)
+
+  def cross_entropy(t):
+    return np.mean(np.logaddexp(0, z / t) - targets * z / t)
+
+  assert reader.temperature > 0
+  assert cross_entropy(reader.temperature) <= cross_entropy(1.0) + 1e-3
+  # Its probabilities are the calibrated ones; where it says 0.9 or more it is mostly right.
+  p = reader.probabilities(images)
+  np.testing.assert_allclose(p, 1 / (1 + np.exp(-z / reader.temperature)), atol=1e-5)
+  sure_yes = p > 0.9
+  assert targets[sure_yes].mean() > 0.85
+
+
 def test_legibility_tells_real_clips_from_blurred_changing_and_fading_ones(reader):
   real = builder_clips(24)
   figures = digits.legibility(reader, real)
