@@ -14,9 +14,10 @@ Real clips are the yardstick: overlapping digits make some real frames unsure to
 
 Sureness is only as good as the probabilities: trained longer, a reader grows more confident
 without reading better (2000, 6000, 12000 steps: 76-80 % of held-out frames read exactly, 57,
-77, 88 % of real frames legible; docs/demo.md). So its logits are divided by a temperature fitted on held-out frames
-(least cross-entropy): a probability of 0.9 then means right 9 times in 10, whatever the length
-of training. "kept" needs no calibration and hardly moves with the reader.
+77, 88 % of real frames legible; docs/demo.md). So its logits are divided by a temperature
+fitted on held-out frames (least cross-entropy): a probability of 0.9 then means right 9 times
+in 10, whatever the length of training. "kept" needs no calibration and hardly moves with the
+reader.
 """
 
 import collections
