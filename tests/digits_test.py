@@ -37,6 +37,16 @@ def test_glyph_size_names_only_the_digit_datasets():
   assert digits.glyph_size("taichi") is None
 
 
+def test_typeface_frames_draw_the_same_digits_with_ten_shapes():
+  assert digits.is_typeface("moving_digits_typeface_long")
+  assert not digits.is_typeface("moving_digits_large") and not digits.is_typeface("taichi")
+  hand, hand_labels = digits.draw_frames(np.random.default_rng(0), 64, RESOLUTION, GLYPH)
+  face, face_labels = digits.draw_frames(np.random.default_rng(0), 64, RESOLUTION, GLYPH,
+                                         typeface=True)
+  np.testing.assert_array_equal(hand_labels, face_labels)
+  assert not np.array_equal(hand, face)
+
+
 def test_reader_reads_held_out_frames(reader):
   assert reader.accuracy > 0.6  # two overlapping digits are hard; one digit is not:
   images, targets = digits.draw_frames(np.random.default_rng(7), 500, RESOLUTION, GLYPH,

