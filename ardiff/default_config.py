@@ -170,6 +170,12 @@ def get_default_config() -> mc.ConfigDict:
   # setting it would then change the training clip length too.)
   c.sampling.num_frames = mc.config_dict.placeholder(int)
   c.sampling.eta = 0.0
+  # The sampled noise of every frame but a video's first (which keeps the videos apart) scaled by
+  # this: its initial noise and, at eta > 0, each step's fresh noise. Below 1 each frame is drawn
+  # nearer the model's most likely continuation, so that a digit's details are not redrawn at
+  # random frame after frame (docs/demo.md, "One shape per class"); 0: frames after the first
+  # depend on the first alone.
+  c.sampling.noise_temperature = 1.0
   # DDIM timesteps (diffusion.ddim_timesteps): "ardiff" evenly spaced from T - 1, the last step
   # landing on the clean frame; frames not yet started are fed at T - 1. "reference": the
   # reference's (LDM's "uniform" spacing + 1: 981, 961, ..., 1 for T = 1000 and 50 steps), the

@@ -87,6 +87,7 @@ class _Spec:
   num_steps: int
   context_frames: int | None
   eta: float
+  noise_temperature: float
   timestep_grid: str
   finished_timestep: int
   clip_denoised: bool
@@ -211,6 +212,7 @@ def make_sampler(
       num_steps=int(s.num_steps),
       context_frames=s.context_frames,
       eta=float(s.eta),
+      noise_temperature=float(s.get("noise_temperature", 1.0)),
       timestep_grid=str(s.get("timestep_grid", "ardiff")),
       finished_timestep=int(s.get("finished_timestep", 0)),
       clip_denoised=bool(s.clip_denoised),
@@ -244,6 +246,9 @@ def make_sampler(
                             "context_attends_video: the context sees the frames, sampling"
                             " without cache."))
     spec = dataclasses.replace(spec, kv_cache=False)
+  if not np.isfinite(spec.noise_temperature) or spec.noise_temperature < 0:
+    raise ValueError(f"config.sampling.noise_temperature={spec.noise_temperature}: a finite"
+                     " scale >= 0 of the sampled noise (1: off).")
   if not np.isfinite(spec.history_guidance_scale) or spec.history_guidance_scale < 0:
     raise ValueError(
         f"config.sampling.history_guidance_scale (frame by frame:"
@@ -303,6 +308,15 @@ def frame_noise(keys: jax.Array, frames: jax.Array, shape: tuple[int, ...]) -> j
       lambda f: jax.random.normal(jax.random.fold_in(key, f), shape))(frames))(keys)
 
 
+def tempered(spec, noise: jax.Array | None, frames: jax.Array) -> jax.Array | None:
+  """noise [B, F, L, C] of the video's frames `frames` [F] scaled by spec.noise_temperature,
+  but for frame 0 (config.sampling.noise_temperature)."""
+  if noise is None or spec.noise_temperature == 1.0:
+    return noise
+  scale = jnp.where(frames == 0, 1.0, spec.noise_temperature)
+  return noise * scale[None, :, None, None]
+
+
 def history_guidance_scale(s) -> float:
   """config.sampling's history guidance scale for its schedule: frame by frame (ar_step >=
   num_steps) frame_by_frame_history_guidance_scale where set."""
@@ -359,7 +373,7 @@ def _init_buffer(model, spec, plan, window, params, rngs, labels, length, prefix
   the given prefix frames set) and, for the cached path, an empty cache."""
   num_videos = rngs.shape[0]
   frame_shape = (spec.tokens_per_frame, spec.in_channels)
-  x = initial_noise(rngs, (length,) + frame_shape)  # [B, length, L, C]
+  x = tempered(spec, initial_noise(rngs, (length,) + frame_shape), jnp.arange(length))
   if spec.prefix_frames:
     expected = (num_videos, spec.prefix_frames) + frame_shape
     if prefix is None or prefix.shape != expected:
@@ -384,7 +398,8 @@ def _run_segment(model, spec, plan, window, params, rngs, labels, carry, rows, a
   were emitted; it now starts at frame `offset`), then the segment's calls (rows)."""
   x, cache = carry
   x = jnp.roll(x, -advance, axis=1)
-  fresh = initial_noise(rngs, x.shape[1:], offset)  # the frames that enter at the end
+  fresh = tempered(spec, initial_noise(rngs, x.shape[1:], offset),  # the frames that enter
+                   offset + jnp.arange(x.shape[1]))
   slot = jnp.arange(x.shape[1])[None, :, None, None]
   x = jnp.where(slot >= x.shape[1] - advance, fresh, x)
   return _sample_segment(model, spec, plan, window, params, rngs, labels, (x, cache), rows)
@@ -588,7 +603,9 @@ def _uncached_call(model, step, window, x, row):
   if step.spec.history_guided:
     frames = row["offset"] + window_start + jnp.arange(window)
     out = step.combine_history(out, step.history_output(model, x_w, prev, new, frames))
-  x_w = step(x_w, out, prev, new, step.noise(row["call"]))
+  noise = tempered(step.spec, step.noise(row["call"]),
+                   row["offset"] + window_start + jnp.arange(window))
+  x_w = step(x_w, out, prev, new, noise)
   return jax.lax.dynamic_update_slice_in_dim(x, x_w, window_start, axis=1), None
 
 
@@ -661,7 +678,7 @@ def _cached_call(size, max_size, model, step, window, context_kv, x, cache, row)
 
   noise = step.noise(row["call"])
   if noise is not None:
-    noise = noise[:, jnp.clip(slots, 0, window - 1)]
+    noise = tempered(step.spec, noise[:, jnp.clip(slots, 0, window - 1)], row["offset"] + frames)
   x_q = step(x_q, out, prev, new, noise)
   targets = jnp.where(valid, frames, num_frames)
   # Frames finished at the start of the call were computed clean at t = 0: they enter the cache.

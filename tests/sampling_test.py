@@ -90,9 +90,11 @@ def reference_step(model, parameterization, num_timesteps, clip_denoised):
           jax.jit(guided, compiler_options=FAST))
 
 
-def reference_sample(model, params, config, rngs, num_frames, labels=None, prefix=None):
+def reference_sample(model, params, config, rngs, num_frames, labels=None, prefix=None,
+                     temperature=1.0):
   """The AD loop written plainly (eta = 0): a Python loop over the schedule's rows, the whole
-  window per call, finished frames fed clean at t = 0. With history guidance a second pass per
+  window per call, finished frames fed clean at t = 0, the initial noise of every frame but the
+  first times `temperature`. With history guidance a second pass per
   call sees the finished frames noised to the lowest timestep of the frames in progress, with
   noise N(0, 1) keyed by (the video's key folded with 2, the frame's index) ("fractional"), or
   the frames in progress alone, as a shorter clip ("vanilla")."""
@@ -107,6 +109,7 @@ def reference_sample(model, params, config, rngs, num_frames, labels=None, prefi
   )
   w = min(config.model.num_frames, num_frames)
   x = np.array(jax.jit(sampling.initial_noise, static_argnums=1)(rngs, (num_frames, L, C)))
+  x[:, 1:] *= temperature
   if k:
     x[:, :k] = prefix
   history_scale = s.get("history_guidance_scale", 1.0)
@@ -335,6 +338,45 @@ def test_prefix_frames_come_back_unchanged(num_frames, prefix_frames, ar_step):
   assert_close(out[True], out[False])
   expected = reference_sample(model, params, config, keys(), num_frames, prefix=prefix)
   assert_close(out[True], expected)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True])
+def test_noise_temperature_scales_the_noise_of_frames_after_the_first(kv_cache):
+  model, params = tiny_model()
+  run = lambda config, rngs, prefix=None: np.asarray(sampling.make_sampler(
+      model, config, 12, prefix_frames=0 if prefix is None else prefix.shape[1],
+      kv_cache=kv_cache, max_branches=2, compiler_options=FAST)(params, rngs, None, prefix))
+  # eta = 0: the AD loop written plainly from initial noise scaled by hand.
+  config = tiny_config(ar_step=1, noise_temperature=0.5)
+  assert_close(run(config, keys()), reference_sample(model, params, config, keys(), 12,
+                                                     temperature=0.5))
+  # At 0 the frames after a given first frame depend on it alone, at every eta; the first frame
+  # keeps its noise, so that videos without a prefix differ.
+  prefix = np.tanh(np.random.default_rng(5).standard_normal((B, 1, L, C))).astype(np.float32)
+  for eta in (0.0, 1.0):
+    cold = tiny_config(ar_step=1, eta=eta, noise_temperature=0.0)
+    np.testing.assert_allclose(run(cold, keys(0), prefix), run(cold, keys(1), prefix), atol=1e-6)
+    warm = tiny_config(ar_step=1, eta=eta)
+    assert np.abs(run(warm, keys(0), prefix) - run(warm, keys(1), prefix)).max() > 0.1
+  cold = tiny_config(ar_step=1, eta=1.0, noise_temperature=0.0)
+  assert np.abs(run(cold, keys(0))[:, 0] - run(cold, keys(1))[:, 0]).min(axis=0).max() > 0.1
+  with pytest.raises(ValueError, match="noise_temperature"):
+    run(tiny_config(noise_temperature=-1.0), keys())
+
+
+def test_noise_temperature_streams_as_one_call():
+  model, params = tiny_model()
+  config = tiny_config(ar_step=2, eta=1.0, noise_temperature=0.5)
+  for kv_cache in (False, True):
+    sampler = sampling.make_sampler(model, config, 10, kv_cache=kv_cache, max_branches=2,
+                                    compiler_options=FAST)
+    whole = np.asarray(sampler(params, keys()))
+    chunks = list(sampler.stream(params, keys(), segment_frames=2))
+    streamed = np.concatenate([np.asarray(frames) for _, frames in chunks], axis=1)
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
+    assert np.abs(whole - np.asarray(sampling.make_sampler(
+        model, tiny_config(ar_step=2, eta=1.0), 10, kv_cache=kv_cache, max_branches=2,
+        compiler_options=FAST)(params, keys()))).max() > 0.1
 
 
 def test_classifier_free_guidance():
