@@ -16,9 +16,10 @@ def get_config(arg=None):
   c = _config()
   if "typeface" in args:
     # Run TF16X2 (docs/demo.md, "One shape per class"): the same clips with one shape per class,
-    # twice the steps (about 23 minutes alone on a VM at 431 GFLOP/s). On 128 videos FVD48 3.75x
-    # the floor, digits legible in 0.64 of the 48 frames and kept in 0.53 (real 0.96 / 0.99),
-    # against FG4's 0.11 / 0.20 on handwriting; 28000 steps keep them in 0.30 (run TF16).
+    # twice the steps (about 23 minutes alone on a VM at 431 GFLOP/s, from 28000 steps in 11.5).
+    # On 128 videos FVD48 3.75x the floor, digits legible in 0.64 of the 48 frames and kept in
+    # 0.53 (real 0.96 / 0.99), against FG4's 0.11 / 0.20 on handwriting; 28000 steps keep them
+    # in 0.30 (run TF16).
     c.data.name = "moving_digits_typeface"
     c.eval.data_name = "moving_digits_typeface_long"
     c.num_train_steps = 56000

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn import datasets as sklearn_datasets
 
 from conftest import runlocal_config
 
@@ -138,7 +139,6 @@ def test_moving_digits_typeface_draws_each_class_with_its_medoid(data_dir):
   """moving_digits_typeface: moving_digits_large's draws with ten shapes, each class's medoid
   (the train image with the least summed squared distance to its class's train images, found
   here from the pairwise distances)."""
-  from sklearn import datasets as sklearn_datasets  # pylint: disable=g-import-not-at-top
   glyphs, labels = moving_digits.load_glyphs(moving_digits.LARGE_GLYPH)
   typeface, typeface_labels = moving_digits.load_typeface(moving_digits.LARGE_GLYPH)
   np.testing.assert_array_equal(labels, typeface_labels)
