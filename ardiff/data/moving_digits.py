@@ -180,4 +180,3 @@ class MovingDigitsTypefaceLong(MovingDigitsLargeLong):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   TYPEFACE = True
-
