@@ -599,13 +599,11 @@ def _uncached_call(model, step, window, x, row):
   x_w = jax.lax.dynamic_slice_in_dim(x, window_start, window, axis=1)  # [B, W, L, C]
   prev = jax.lax.dynamic_slice_in_dim(row["prev"], window_start, window)
   new = jax.lax.dynamic_slice_in_dim(row["new"], window_start, window)
+  frames = row["offset"] + window_start + jnp.arange(window)  # the window's frames in the video
   out = model(*step.model_inputs(x_w, prev, new))
   if step.spec.history_guided:
-    frames = row["offset"] + window_start + jnp.arange(window)
     out = step.combine_history(out, step.history_output(model, x_w, prev, new, frames))
-  noise = tempered(step.spec, step.noise(row["call"]),
-                   row["offset"] + window_start + jnp.arange(window))
-  x_w = step(x_w, out, prev, new, noise)
+  x_w = step(x_w, out, prev, new, tempered(step.spec, step.noise(row["call"]), frames))
   return jax.lax.dynamic_update_slice_in_dim(x, x_w, window_start, axis=1), None
 
 

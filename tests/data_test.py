@@ -140,7 +140,7 @@ def test_moving_digits_typeface_draws_each_class_with_its_medoid(data_dir):
   (the train image with the least summed squared distance to its class's train images, found
   here from the pairwise distances)."""
   glyphs, labels = moving_digits.load_glyphs(moving_digits.LARGE_GLYPH)
-  typeface, typeface_labels = moving_digits.load_typeface(moving_digits.LARGE_GLYPH)
+  typeface, typeface_labels = moving_digits.load_glyphs(moving_digits.LARGE_GLYPH, typeface=True)
   np.testing.assert_array_equal(labels, typeface_labels)
   assert len(np.unique(typeface.reshape(len(typeface), -1), axis=0)) == 10
   images = sklearn_datasets.load_digits().images.reshape(len(labels), -1).astype(np.float64)

@@ -38,31 +38,28 @@ TRAIN_IMAGES = 1500
 
 
 @functools.cache
-def load_glyphs(size: int = GLYPH) -> tuple[np.ndarray, np.ndarray]:
-  """The 1797 sklearn digits as float32 [N, size, size] in [0, 1], and their labels [N]."""
+def load_glyphs(size: int = GLYPH, typeface: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """The 1797 sklearn digits as float32 [N, size, size] in [0, 1], and their labels [N].
+
+  typeface: every digit drawn as its class's medoid (the train image nearest the class mean, on
+  the 8x8 originals): ten shapes in all, as with a typeface. Index for index the same labels, so
+  clips drawn with it are the handwriting's clips with other shapes."""
   digits = sklearn_datasets.load_digits()
+  if typeface:
+    glyphs, labels = load_glyphs(size)
+    flat = digits.images.reshape(len(labels), -1)[:TRAIN_IMAGES]
+    medoid = np.zeros(10, np.int64)
+    for c in range(10):
+      members = np.flatnonzero(labels[:TRAIN_IMAGES] == c)
+      mean = flat[members].mean(0)
+      medoid[c] = members[np.argmin(((flat[members] - mean) ** 2).sum(1))]
+    return glyphs[medoid[labels]], labels
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)
   glyphs = np.stack([
       np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC))
       for im in images
   ])
   return glyphs.astype(np.float32) / 255, digits.target.astype(np.int64)
-
-
-@functools.cache
-def load_typeface(size: int = GLYPH) -> tuple[np.ndarray, np.ndarray]:
-  """load_glyphs with every digit drawn as its class's medoid (the train image nearest the class
-  mean, on the 8x8 originals): ten shapes in all, as with a typeface. Index for index the same
-  labels, so clips drawn with it are load_glyphs' clips with other shapes."""
-  digits = sklearn_datasets.load_digits()
-  glyphs, labels = load_glyphs(size)
-  flat = digits.images.reshape(len(labels), -1)[:TRAIN_IMAGES]
-  medoid = np.zeros(10, np.int64)
-  for c in range(10):
-    members = np.flatnonzero(labels[:TRAIN_IMAGES] == c)
-    mean = flat[members].mean(0)
-    medoid[c] = members[np.argmin(((flat[members] - mean) ** 2).sum(1))]
-  return glyphs[medoid[labels]], labels
 
 
 def _bounce(start: np.ndarray, velocity: np.ndarray, num_frames: int, limit: float):
@@ -110,7 +107,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
   NUM_CLIPS = NUM_CLIPS
   SEED = SEED
   GLYPH = GLYPH
-  TYPEFACE = False  # every digit of a class drawn with one shape (load_typeface)
+  TYPEFACE = False  # every digit of a class drawn with one shape (load_glyphs' typeface)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -127,7 +124,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
     return {split: self._generate_examples(split) for split in self.NUM_CLIPS}
 
   def _generate_examples(self, split):
-    glyphs, labels = (load_typeface if self.TYPEFACE else load_glyphs)(self.GLYPH)
+    glyphs, labels = load_glyphs(self.GLYPH, self.TYPEFACE)
     pool = np.arange(TRAIN_IMAGES) if split == "train" else np.arange(TRAIN_IMAGES, len(glyphs))
     split_id = list(NUM_CLIPS).index(split)
     for i in range(self.NUM_CLIPS[split]):

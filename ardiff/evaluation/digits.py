@@ -47,7 +47,7 @@ def glyph_size(data_name: str) -> int | None:
 
 
 def is_typeface(data_name: str) -> bool:
-  """Whether a moving_digits dataset draws each class with one shape (load_typeface)."""
+  """Whether a moving_digits dataset draws each class with one shape (load_glyphs' typeface)."""
   return bool(getattr(datasets.BUILDERS.get(data_name), "TYPEFACE", False))
 
 
@@ -57,7 +57,7 @@ def draw_frames(rng: np.random.Generator, num: int, resolution: int, glyph: int,
   and multi-hot labels float32 [num, 10]. The digit images are the train clips' (the first
   moving_digits.TRAIN_IMAGES) or, held_out, the test clips'; with typeface, their classes'
   medoids."""
-  glyphs, labels = (moving_digits.load_typeface if typeface else moving_digits.load_glyphs)(glyph)
+  glyphs, labels = moving_digits.load_glyphs(glyph, typeface)
   pool = (np.arange(moving_digits.TRAIN_IMAGES, len(glyphs)) if held_out
           else np.arange(moving_digits.TRAIN_IMAGES))
   sprites = np.round(glyphs * 255).astype(np.uint8)
