@@ -176,6 +176,10 @@ def get_default_config() -> mc.ConfigDict:
   # random frame after frame (docs/demo.md, "One shape per class"); 0: frames after the first
   # depend on the first alone.
   c.sampling.noise_temperature = 1.0
+  # The temperature frame by frame (ar_step >= num_steps); None: noise_temperature. One may not
+  # fit both schedules: on run TF16X2 0.5 frame by frame keeps digits in 0.71 of 128 frames
+  # (0.55 at 1), where at ar_step 3 0.75 already costs FVD48 (docs/demo.md, "One shape per class").
+  c.sampling.frame_by_frame_noise_temperature = mc.config_dict.placeholder(float)
   # DDIM timesteps (diffusion.ddim_timesteps): "ardiff" evenly spaced from T - 1, the last step
   # landing on the clean frame; frames not yet started are fed at T - 1. "reference": the
   # reference's (LDM's "uniform" spacing + 1: 981, 961, ..., 1 for T = 1000 and 50 steps), the

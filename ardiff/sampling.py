@@ -39,7 +39,8 @@ clip too; their noise is a function of the video's key and the frame's index, so
 whole-video sampling agree); "vanilla" leaves them out: the frames in progress as a clip of
 their own, as the first frames of a training clip. Either way the second pass changes from call
 to call, so history guidance samples without KV cache. Frame by frame (ar_step >= num_steps)
-config.sampling.frame_by_frame_history_guidance_scale, where set, replaces the scale.
+config.sampling.frame_by_frame_history_guidance_scale, where set, replaces the scale (and
+frame_by_frame_noise_temperature the noise temperature).
 
 Streaming (Sampler.stream, --mode=sample): Sampler.__call__ runs the whole schedule as one
 program on the whole video. stream runs the same calls in segments (sampling_plan.
@@ -212,7 +213,7 @@ def make_sampler(
       num_steps=int(s.num_steps),
       context_frames=s.context_frames,
       eta=float(s.eta),
-      noise_temperature=float(s.get("noise_temperature", 1.0)),
+      noise_temperature=noise_temperature(s),
       timestep_grid=str(s.get("timestep_grid", "ardiff")),
       finished_timestep=int(s.get("finished_timestep", 0)),
       clip_denoised=bool(s.clip_denoised),
@@ -247,8 +248,9 @@ def make_sampler(
                             " without cache."))
     spec = dataclasses.replace(spec, kv_cache=False)
   if not np.isfinite(spec.noise_temperature) or spec.noise_temperature < 0:
-    raise ValueError(f"config.sampling.noise_temperature={spec.noise_temperature}: a finite"
-                     " scale >= 0 of the sampled noise (1: off).")
+    raise ValueError(f"config.sampling.noise_temperature (frame by frame:"
+                     f" frame_by_frame_noise_temperature where set) = {spec.noise_temperature}:"
+                     " a finite scale >= 0 of the sampled noise (1: off).")
   if not np.isfinite(spec.history_guidance_scale) or spec.history_guidance_scale < 0:
     raise ValueError(
         f"config.sampling.history_guidance_scale (frame by frame:"
@@ -317,13 +319,23 @@ def tempered(spec, noise: jax.Array | None, frames: jax.Array) -> jax.Array | No
   return noise * scale[None, :, None, None]
 
 
-def history_guidance_scale(s) -> float:
-  """config.sampling's history guidance scale for its schedule: frame by frame (ar_step >=
-  num_steps) frame_by_frame_history_guidance_scale where set."""
-  by_frame = s.get("frame_by_frame_history_guidance_scale")
+def _for_schedule(s, name: str, default: float) -> float:
+  """config.sampling's `name` for its schedule: frame by frame (ar_step >= num_steps)
+  frame_by_frame_<name> where set."""
+  by_frame = s.get("frame_by_frame_" + name)
   if by_frame is not None and int(s.ar_step) >= int(s.num_steps):
     return float(by_frame)
-  return float(s.get("history_guidance_scale", 1.0))
+  return float(s.get(name, default))
+
+
+def history_guidance_scale(s) -> float:
+  """The history guidance scale config.sampling `s` samples with (1: off)."""
+  return _for_schedule(s, "history_guidance_scale", 1.0)
+
+
+def noise_temperature(s) -> float:
+  """The noise temperature config.sampling `s` samples with (1: off)."""
+  return _for_schedule(s, "noise_temperature", 1.0)
 
 
 @functools.lru_cache(maxsize=32)

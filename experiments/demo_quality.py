@@ -13,7 +13,8 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
 - Long rollouts: --long_videos videos of 128 frames generated frame by frame (ar_step =
   num_steps; --long_ar_step=3 for the demo's AD schedule instead) from a 4-frame real prefix:
   their persistence (last 8 frames over the 8 after the prefix), and a picture. Frame by frame
-  they take config.sampling.frame_by_frame_history_guidance_scale where set.
+  they take config.sampling.frame_by_frame_history_guidance_scale and
+  frame_by_frame_noise_temperature where set.
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
   cache costs in quality). With history guidance (config.sampling.history_guidance_scale != 1)
   the sampler runs without cache, so every mode gives the same videos.
@@ -113,6 +114,7 @@ def main(argv):
              "eta": config.sampling.eta,
              "history_guidance_scale": config.sampling.history_guidance_scale,
              "history_guidance_mode": config.sampling.history_guidance_mode,
+             "noise_temperature": config.sampling.get("noise_temperature", 1.0),
              "real_dataset": evaluation.real_data_name(config)}
 
   # The real side, and its floor: two disjoint draws (eval seeds 0 and 1).
@@ -163,6 +165,7 @@ def main(argv):
     results["long_frames"], results["long_prefix"] = LONG_FRAMES, LONG_PREFIX
     results["long_ar_step"] = long_ar_step
     results["long_history_guidance_scale"] = sampling.history_guidance_scale(c.sampling)
+    results["long_noise_temperature"] = sampling.noise_temperature(c.sampling)
     iio.imwrite(os.path.join(_OUT.value, "demo_long.png"), strip(long, 16))
 
   results["context_gain"] = context_gains(config, params)

@@ -438,6 +438,25 @@ def test_frame_by_frame_history_guidance_scale_applies_frame_by_frame_only():
     videos(ar_step=4, frame_by_frame_history_guidance_scale=-1.0)
 
 
+def test_frame_by_frame_noise_temperature_applies_frame_by_frame_only():
+  # As the frame-by-frame guidance scale: frame by frame (ar_step = num_steps = 4) the videos of
+  # that temperature set as noise_temperature; at ar_step 1 it is unused.
+  model, params = tiny_model()
+  def videos(**fields):
+    sampler = sampling.make_sampler(model, tiny_config(eta=1.0, **fields), 6, kv_cache=False,
+                                    max_branches=2, compiler_options=FAST)
+    return np.asarray(sampler(params, keys()))
+  by_frame = videos(ar_step=4, frame_by_frame_noise_temperature=0.5)
+  np.testing.assert_array_equal(by_frame, videos(ar_step=4, noise_temperature=0.5))
+  assert np.abs(by_frame - videos(ar_step=4)).max() > 1e-2
+  np.testing.assert_array_equal(videos(ar_step=1, frame_by_frame_noise_temperature=0.5),
+                                videos(ar_step=1))
+  assert sampling.noise_temperature(
+      tiny_config(ar_step=4, noise_temperature=0.8).sampling) == 0.8
+  with pytest.raises(ValueError, match="frame_by_frame_noise_temperature"):
+    videos(ar_step=4, frame_by_frame_noise_temperature=-1.0)
+
+
 @pytest.mark.parametrize("mode", ["fractional", "vanilla"])
 def test_history_guidance_streams_with_labels_and_counts_its_passes(mode):
   # The finished frames' noise is keyed by their index in the video, not in the buffer: the
