@@ -37,7 +37,8 @@ def get_config(arg=None):
 
 
 def _config():
-  """Run FG4's recipe (`:handwriting`), which the default changes in its data and steps."""
+  """Run FG4's recipe (`:handwriting`), which the default changes in its data, steps and
+  sampling temperatures."""
   c = default_config.get_default_config()
   # A 4-frame window: 16 frames would cost 16x the attention (chosen at 32x32, 64 tokens a frame).
   c.num_frames = 4

@@ -114,7 +114,7 @@ def main(argv):
              "eta": config.sampling.eta,
              "history_guidance_scale": config.sampling.history_guidance_scale,
              "history_guidance_mode": config.sampling.history_guidance_mode,
-             "noise_temperature": config.sampling.get("noise_temperature", 1.0),
+             "noise_temperature": sampling.noise_temperature(config.sampling),
              "real_dataset": evaluation.real_data_name(config)}
 
   # The real side, and its floor: two disjoint draws (eval seeds 0 and 1).
