@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+from flax import traverse_util
 import imageio.v3 as iio
 import jax
 import ml_collections
@@ -185,14 +186,9 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir, make_confi
 def test_demo_config_runs_on_its_real_datasets(tmp_path, tfds_dir):
   # The default is run TF16X2's recipe (`:typeface` names it too); `:handwriting` is FG4's, the
   # same model and training on moving_digits_large for half the steps.
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-  default = flat(demo.get_config().to_dict())
-  handwriting = flat(demo.get_config("handwriting").to_dict())
-  assert flat(demo.get_config("typeface").to_dict()) == default
+  flat = lambda arg=None: traverse_util.flatten_dict(demo.get_config(arg).to_dict(), sep=".")
+  default, handwriting = flat(), flat("handwriting")
+  assert flat("typeface") == default
   assert {k for k in default if default[k] != handwriting[k]} == {
       "data.name", "eval.data_name", "num_train_steps", "sample_every_steps",
       "sampling.noise_temperature", "sampling.frame_by_frame_noise_temperature"}
