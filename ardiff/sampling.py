@@ -3,10 +3,11 @@
 Every row of the schedule (sampling_plan.sampling_schedule) is one model call on the window of
 config.model.num_frames frames starting at its window_start. A frame that has completed k of N
 DDIM steps sits at grid[k] (diffusion.ddim_timesteps; grid[N] = -1, clean); a call moves the
-frames it updates from grid[k] to grid[k + 1]. Finished frames are fed clean at t = 0, frames
-not yet started are noise at grid[0], and the model sees exactly its window, as in training.
-config.sampling.timestep_grid = "reference" and finished_timestep = 1 instead reproduce the
-reference's sampler, for its released checkpoints (_DenoisingStep).
+frames it updates from grid[k] to grid[k + 1]. Finished frames are fed clean at t = 0
+(config.sampling.finished_timestep: at another t), frames not yet started are noise at grid[0],
+and the model sees exactly its window, as in training. config.sampling.timestep_grid =
+"reference" and finished_timestep = 1 instead reproduce the reference's sampler, for its
+released checkpoints (_DenoisingStep).
 
 KV cache (config.sampling.kv_cache). Under temporal causal attention a finished frame's keys and
 values depend only on it and the frames before it in the window, so they stay the same from call
@@ -40,7 +41,8 @@ whole-video sampling agree); "vanilla" leaves them out: the frames in progress a
 their own, as the first frames of a training clip. Either way the second pass changes from call
 to call, so history guidance samples without KV cache. Frame by frame (ar_step >= num_steps)
 config.sampling.frame_by_frame_history_guidance_scale, where set, replaces the scale (and
-frame_by_frame_noise_temperature the noise temperature).
+frame_by_frame_noise_temperature the noise temperature, frame_by_frame_finished_timestep the
+finished_timestep).
 
 Streaming (Sampler.stream, --mode=sample): Sampler.__call__ runs the whole schedule as one
 program on the whole video. stream runs the same calls in segments (sampling_plan.
@@ -215,7 +217,7 @@ def make_sampler(
       eta=float(s.eta),
       noise_temperature=noise_temperature(s),
       timestep_grid=str(s.get("timestep_grid", "ardiff")),
-      finished_timestep=int(s.get("finished_timestep", 0)),
+      finished_timestep=finished_timestep(s),
       clip_denoised=bool(s.clip_denoised),
       # Pixels and tanh or L2-normalised latents lie in [-1, 1]; stage 2 scales latents.
       clip_bound=float(config.latents.get("scale", 1.0)) if config.latents.autoencoder_workdir
@@ -240,8 +242,9 @@ def make_sampler(
         f"config.sampling.timestep_grid={spec.timestep_grid!r}: one of {TIMESTEP_GRIDS}.")
   if not 0 <= spec.finished_timestep < spec.num_timesteps:
     raise ValueError(
-        f"config.sampling.finished_timestep={spec.finished_timestep} must lie in"
-        f" [0, {spec.num_timesteps}): 0 (clean, ardiff's) or 1 (the reference's).")
+        f"config.sampling.finished_timestep (frame by frame: frame_by_frame_finished_timestep"
+        f" where set) = {spec.finished_timestep} must lie in [0, {spec.num_timesteps}): 0 (clean,"
+        " ardiff's), 1 (the reference's) or 100 (the demo's frame by frame).")
   if spec.kv_cache and getattr(model, "context_attends_video", False):
     logging.warning(getattr(model, "kv_cache_refusal",
                             "context_attends_video: the context sees the frames, sampling"
@@ -336,6 +339,11 @@ def history_guidance_scale(s) -> float:
 def noise_temperature(s) -> float:
   """The noise temperature config.sampling `s` samples with (1: off)."""
   return _for_schedule(s, "noise_temperature", 1.0)
+
+
+def finished_timestep(s) -> int:
+  """The timestep config.sampling `s` feeds finished frames at (0: clean)."""
+  return int(_for_schedule(s, "finished_timestep", 0))
 
 
 @functools.lru_cache(maxsize=32)

@@ -91,10 +91,10 @@ def reference_step(model, parameterization, num_timesteps, clip_denoised):
 
 
 def reference_sample(model, params, config, rngs, num_frames, labels=None, prefix=None,
-                     temperature=1.0):
+                     temperature=1.0, finished_t=0):
   """The AD loop written plainly (eta = 0): a Python loop over the schedule's rows, the whole
-  window per call, finished frames fed clean at t = 0, the initial noise of every frame but the
-  first times `temperature`. With history guidance a second pass per
+  window per call, finished frames fed (clean) at t = finished_t, the initial noise of every frame
+  but the first times `temperature`. With history guidance a second pass per
   call sees the finished frames noised to the lowest timestep of the frames in progress, with
   noise N(0, 1) keyed by (the video's key folded with 2, the frame's index) ("fractional"), or
   the frames in progress alone, as a shorter clip ("vanilla")."""
@@ -121,7 +121,7 @@ def reference_sample(model, params, config, rngs, num_frames, labels=None, prefi
     prev, new = sched.previous[r, ws : ws + w], sched.steps[r, ws : ws + w]
     t_cur = np.broadcast_to(grid[prev], (len(rngs), w))
     t_next = np.broadcast_to(grid[new], (len(rngs), w))
-    t_in = np.where(prev == n, 0, t_cur)
+    t_in = np.where(prev == n, finished_t, t_cur)
     x_w = x[:, ws : ws + w]
     out_hist = None
     if history_scale != 1 and vanilla:
@@ -455,6 +455,29 @@ def test_frame_by_frame_noise_temperature_applies_frame_by_frame_only():
       tiny_config(ar_step=4, noise_temperature=0.8).sampling) == 0.8
   with pytest.raises(ValueError, match="frame_by_frame_noise_temperature"):
     videos(ar_step=4, frame_by_frame_noise_temperature=-1.0)
+
+
+def test_frame_by_frame_finished_timestep_applies_frame_by_frame_only():
+  # Frame by frame (ar_step = num_steps = 4) from a 2-frame prefix, the finished frames (the
+  # prefix's too) are fed at t = 5, with and without cache, as the plain loop feeds them; at
+  # ar_step 1 it is unused.
+  model, params = tiny_model()
+  prefix = np.tanh(np.random.default_rng(3).standard_normal((B, 2, L, C))).astype(np.float32)
+  def videos(kv_cache, **fields):
+    sampler = sampling.make_sampler(model, tiny_config(**fields), 7, prefix_frames=2,
+                                    kv_cache=kv_cache, max_branches=2, compiler_options=FAST)
+    return np.asarray(sampler(params, keys(), None, prefix))
+  by_frame = videos(True, ar_step=4, frame_by_frame_finished_timestep=5)
+  assert_close(by_frame, videos(False, ar_step=4, frame_by_frame_finished_timestep=5))
+  config = tiny_config(ar_step=4)
+  assert_close(by_frame, reference_sample(model, params, config, keys(), 7, prefix=prefix,
+                                          finished_t=5))
+  assert np.abs(by_frame - videos(True, ar_step=4)).max() > 1e-2
+  np.testing.assert_array_equal(videos(True, ar_step=1, frame_by_frame_finished_timestep=5),
+                                videos(True, ar_step=1))
+  assert sampling.finished_timestep(tiny_config(ar_step=4, finished_timestep=1).sampling) == 1
+  with pytest.raises(ValueError, match="frame_by_frame_finished_timestep"):
+    videos(True, ar_step=4, frame_by_frame_finished_timestep=100)
 
 
 @pytest.mark.parametrize("mode", ["fractional", "vanilla"])
