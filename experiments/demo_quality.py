@@ -1,7 +1,7 @@
 r"""The demo's figures: FVD48 against the real-vs-real floor, object persistence, and pictures.
 
   python -m experiments.demo_quality --workdir=/tmp/ardiff_demo [--config=configs/demo.py] \
-      [--num_videos=128] [--long_videos=16] [--kv_cache_modes=exact] [--out=docs]
+      [--num_videos=128] [--long_videos=32] [--kv_cache_modes=exact] [--out=docs]
 
 For the demo model in --workdir (latest checkpoint's EMA weights, or its export):
 - FVD48: --num_videos generated 48-frame videos (config.sampling's ar_step; the window slides
@@ -13,8 +13,8 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
 - Long rollouts: --long_videos videos of 128 frames generated frame by frame (ar_step =
   num_steps; --long_ar_step=3 for the demo's AD schedule instead) from a 4-frame real prefix:
   their persistence (last 8 frames over the 8 after the prefix), and a picture. Frame by frame
-  they take config.sampling.frame_by_frame_history_guidance_scale and
-  frame_by_frame_noise_temperature where set.
+  they take config.sampling.frame_by_frame_history_guidance_scale,
+  frame_by_frame_noise_temperature and frame_by_frame_finished_timestep where set.
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
   cache costs in quality). With history guidance (config.sampling.history_guidance_scale != 1)
   the sampler runs without cache, so every mode gives the same videos.
@@ -62,7 +62,7 @@ from ardiff.models import build_model
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo's config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained demo run.", required=True)
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", 128, "Videos per FVD side.")
-_LONG_VIDEOS = flags.DEFINE_integer("long_videos", 16, "128-frame rollouts.")
+_LONG_VIDEOS = flags.DEFINE_integer("long_videos", 32, "128-frame rollouts.")
 _LONG_AR_STEP = flags.DEFINE_integer(
     "long_ar_step", None, "ar_step of the 128-frame rollouts; default num_steps (frame by frame).")
 _MODES = flags.DEFINE_list("kv_cache_modes", ["exact"], "KV-cache modes to score FVD48 with.")
@@ -166,6 +166,7 @@ def main(argv):
     results["long_ar_step"] = long_ar_step
     results["long_history_guidance_scale"] = sampling.history_guidance_scale(c.sampling)
     results["long_noise_temperature"] = sampling.noise_temperature(c.sampling)
+    results["long_finished_timestep"] = sampling.finished_timestep(c.sampling)
     iio.imwrite(os.path.join(_OUT.value, "demo_long.png"), strip(long, 16))
 
   results["context_gain"] = context_gains(config, params)
