@@ -15,6 +15,9 @@ For the demo model in --workdir (latest checkpoint's EMA weights, or its export)
   their persistence (last 8 frames over the 8 after the prefix), and a picture. Frame by frame
   they take config.sampling.frame_by_frame_history_guidance_scale,
   frame_by_frame_noise_temperature and frame_by_frame_finished_timestep where set.
+- Faded: the fraction of videos (and rollouts) that keep less than 0.6 of their object mass,
+  last 8 frames against the first 8 (metrics.faded; a video that lost one of two digits keeps
+  about half): a mean over videos hides such a video behind one whose objects grow.
 - With --kv_cache_modes=exact,rolling, FVD48 once per KV-cache mode (issue: what the rolling
   cache costs in quality). With history guidance (config.sampling.history_guidance_scale != 1)
   the sampler runs without cache, so every mode gives the same videos.
@@ -125,6 +128,7 @@ def main(argv):
   f_other = evaluation.real_features(other, n, frames)
   results["fvd_real_vs_real"] = fvd.fvd_from_features(f_real, f_other)
   results["persistence_real"] = metrics.persistence(real)
+  results["faded_real"] = metrics.faded(real)
   glyph = digits.glyph_size(results["real_dataset"])
   typeface = digits.is_typeface(results["real_dataset"])
   reader = digits.train_reader(config.data.resolution, glyph, typeface=typeface) if glyph else None
@@ -140,11 +144,13 @@ def main(argv):
     f_fake = fvd.i3d_features(fake, batch_size=config.eval.batch_size)
     results[f"fvd_{mode}"] = fvd.fvd_from_features(f_real, f_fake)
     results[f"persistence_{mode}"] = metrics.persistence(fake)
+    results[f"faded_{mode}"] = metrics.faded(fake)
     results[f"sampling_s_{mode}"] = seconds
     if reader:
       results[f"legibility_{mode}"] = digits.legibility(reader, fake)
     if mode == _MODES.value[0]:
-      results["fvd"], results["persistence"] = results[f"fvd_{mode}"], results[f"persistence_{mode}"]
+      for name in ("fvd", "persistence", "faded"):
+        results[name] = results[f"{name}_{mode}"]
       if reader:
         results["legibility"] = results[f"legibility_{mode}"]
       os.makedirs(_OUT.value, exist_ok=True)
@@ -157,10 +163,12 @@ def main(argv):
     c = with_sampling(config, num_frames=LONG_FRAMES, ar_step=long_ar_step,
                       prefix_frames=LONG_PREFIX)
     long = generate.generate(c, params, _LONG_VIDEOS.value)
+    real_long = evaluation.real_clips(config, _LONG_VIDEOS.value, LONG_FRAMES)
     results["long_persistence"] = metrics.persistence(long, first=LONG_PREFIX)
+    results["long_faded"] = metrics.faded(long, first=LONG_PREFIX)
+    results["long_faded_real"] = metrics.faded(real_long, first=LONG_PREFIX)
     if reader:
       results["long_legibility"] = digits.legibility(reader, long, first=LONG_PREFIX)
-      real_long = evaluation.real_clips(config, _LONG_VIDEOS.value, LONG_FRAMES)
       results["long_legibility_real"] = digits.legibility(reader, real_long, first=LONG_PREFIX)
     results["long_frames"], results["long_prefix"] = LONG_FRAMES, LONG_PREFIX
     results["long_ar_step"] = long_ar_step
@@ -183,6 +191,8 @@ def main(argv):
           f" {results[f'fvd_{mode}']:.1f} | {floor:.1f} (real vs real) | <= {4 * floor:.1f} |")
     print(f"| persistence, {frames} frames, {mode} cache | {results[f'persistence_{mode}']:.3f} |"
           f" {results['persistence_real']:.3f} | about the real one |")
+    print(f"| faded videos (less than 0.6 of the mass kept), {frames} frames, {mode} cache |"
+          f" {results[f'faded_{mode}']:.3f} | {results['faded_real']:.3f} | none |")
     if reader:
       for name in ("legible", "kept"):
         print(f"| {name} frames (digit reader), {frames} frames, {mode} cache |"
@@ -197,6 +207,8 @@ def main(argv):
     print(f"| persistence, {LONG_FRAMES} frames {how} from {LONG_PREFIX} real |"
           f" {results['long_persistence']:.3f} | {results['persistence_real']:.3f} | about the"
           " real one |")
+    print(f"| faded rollouts (less than 0.6 of the mass kept), {LONG_FRAMES} frames {how} |"
+          f" {results['long_faded']:.3f} | {results['long_faded_real']:.3f} | none |")
   if "long_legibility" in results:
     for name in ("legible", "kept"):
       print(f"| {name} frames (digit reader), {LONG_FRAMES} frames {how} |"

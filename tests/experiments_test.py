@@ -156,6 +156,14 @@ def test_persistence_fails_a_fading_video():
   assert metrics.persistence(fade.astype(np.uint8)) < 0.3
   assert metrics.persistence(dissolve) < 0.3
   assert metrics.persistence(video, first=4) == pytest.approx(1.0)
+  # Per video: of a held video, a faded one and one whose object doubled, one has faded, while
+  # the mean mass over the three is about kept.
+  grown = video[:1].copy()
+  grown[0, 24:, :, 24:30] = 200
+  three = np.concatenate([video[:1], fade[:1].astype(np.uint8), grown])
+  assert metrics.faded(three) == pytest.approx(1 / 3)
+  assert metrics.persistence(three) > 0.8
+  assert metrics.faded(video) == 0.0 and metrics.faded(dissolve) == 1.0
 
 
 def test_context_toys():

@@ -152,6 +152,14 @@ def persistence(videos: np.ndarray, first: int = 0, edge: int = 8) -> float:
   return float(mass[:, -edge:].mean() / max(mass[:, first:first + edge].mean(), 1e-9))
 
 
+def faded(videos: np.ndarray, first: int = 0, edge: int = 8, below: float = 0.6) -> float:
+  """The fraction of videos whose last `edge` frames keep less than `below` of the object mass
+  of the `edge` frames from `first`: videos that lost an object or more (one of two digits
+  gone: about half the mass; of real moving-digit clips none keeps less than 0.73). A mean over
+  videos (persistence) hides a faded video behind one whose objects grow; this counts it."""
+  mass = object_mass(videos)
+  return float(np.mean(mass[:, -edge:].mean(1) < below * mass[:, first:first + edge].mean(1)))
+
 
 def context_gain(apply_fn, sched, parameterization: str, x0, t: int, frame: int, rng) -> dict:
   """How much a model's one-step estimate of a noisy frame gains from clean frames before it.
