@@ -191,7 +191,8 @@ def test_demo_config_runs_on_its_real_datasets(tmp_path, tfds_dir):
   assert flat("typeface") == default
   assert {k for k in default if default[k] != handwriting[k]} == {
       "data.name", "eval.data_name", "num_train_steps", "sample_every_steps",
-      "sampling.noise_temperature", "sampling.frame_by_frame_noise_temperature"}
+      "sampling.noise_temperature", "sampling.frame_by_frame_noise_temperature",
+      "sampling.frame_by_frame_history_guidance_scale", "sampling.frame_by_frame_finished_timestep"}
   with pytest.raises(ValueError, match="one of :handwriting and :typeface"):
     demo.get_config("handwriting,typeface")
   for name in [demo.get_config().data.name, demo.get_config("handwriting").data.name,
