@@ -156,7 +156,7 @@ def test_persistence_fails_a_fading_video():
   assert metrics.persistence(fade.astype(np.uint8)) < 0.3
   assert metrics.persistence(dissolve) < 0.3
   assert metrics.persistence(video, first=4) == pytest.approx(1.0)
-  # Per video: of a held video, a faded one and one whose object doubled, one has faded, while
+  # Per video: of a held video, a faded one and one that gained a bar, one has faded, while
   # the mean mass over the three is about kept.
   grown = video[:1].copy()
   grown[0, 24:, :, 24:30] = 200
