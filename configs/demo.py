@@ -34,10 +34,10 @@ def get_config(arg=None):
     c.sampling.noise_temperature = 0.9
     c.sampling.frame_by_frame_noise_temperature = 0.5
     # Frame by frame: no history guidance, and the model's own frames fed at t = 100 as if not
-    # quite clean. On 32 rollouts of 128 frames of two training seeds none goes black, 5 and 10
-    # keep less than 0.6 of their mass, and digits are legible in 0.87 and 0.81 of the frames;
-    # at guidance 1.25 with clean frames 3 and 15 go black, 7 and 19 keep less than 0.6, and 0.78
-    # and 0.56 are legible (docs/demo.md, "Frame by frame without history guidance").
+    # quite clean. On 96 rollouts of 128 frames of two training seeds 0 and 6 go black, 22 and 34
+    # keep less than 0.6 of their mass, and digits are legible in 0.84 and 0.77 of the frames;
+    # at guidance 1.25 with clean frames 7 and 45 go black, 24 and 62 keep less than 0.6, and
+    # 0.79 and 0.57 are legible (docs/demo.md, "Frame by frame without history guidance").
     c.sampling.frame_by_frame_history_guidance_scale = 1.0
     c.sampling.frame_by_frame_finished_timestep = 100
   return common.runlocal(c) if "runlocal" in args else c
