@@ -115,7 +115,7 @@ def main(argv):
   results = {"workdir": _WORKDIR.value, "step": step, "num_videos": n, "num_frames": frames,
              "ar_step": config.sampling.ar_step, "num_steps": config.sampling.num_steps,
              "eta": config.sampling.eta,
-             "history_guidance_scale": config.sampling.history_guidance_scale,
+             "history_guidance_scale": sampling.history_guidance_scale(config.sampling),
              "history_guidance_mode": config.sampling.history_guidance_mode,
              "noise_temperature": sampling.noise_temperature(config.sampling),
              "real_dataset": evaluation.real_data_name(config)}
