@@ -190,9 +190,9 @@ def get_default_config() -> mc.ConfigDict:
   # The timestep at which finished frames are fed while later frames denoise: 0 (clean, as the
   # model saw them in training) or 1 (the reference's sampler).
   c.sampling.finished_timestep = 0
-  # The same frame by frame (ar_step >= num_steps); None: finished_timestep. The demo's 100
+  # The same frame by frame (ar_step >= num_steps); None: finished_timestep. The demo's 300
   # tells the model that its own frames are not quite clean, and fewer rollouts fade
-  # (docs/demo.md, "The typeface demo").
+  # (docs/demo.md, "Frame by frame without history guidance").
   c.sampling.frame_by_frame_finished_timestep = mc.config_dict.placeholder(int)
   # Finished frames kept in view when a long video slides its window (None: the default of
   # timesteps.default_context_frames).

@@ -244,7 +244,7 @@ def make_sampler(
     raise ValueError(
         f"config.sampling.finished_timestep (frame by frame: frame_by_frame_finished_timestep"
         f" where set) = {spec.finished_timestep} must lie in [0, {spec.num_timesteps}): 0 (clean,"
-        " ardiff's), 1 (the reference's) or 100 (the demo's frame by frame).")
+        " ardiff's), 1 (the reference's) or 300 (the demo's frame by frame).")
   if spec.kv_cache and getattr(model, "context_attends_video", False):
     logging.warning(getattr(model, "kv_cache_refusal",
                             "context_attends_video: the context sees the frames, sampling"
