@@ -165,10 +165,49 @@ def load_params(workdir: str, abstract_state, key: str, export_key: str | None =
   return params, None
 
 
-def load_inference_params(config, workdir: str, mesh=None):
+# Fields that give trained weights their meaning without changing their shapes: sampled or
+# evaluated with another value, the weights load and silently read the frames wrongly (a 4-frame
+# window over a model trained on 6, white frames fed to a model trained on coloured ones).
+RUN_DEFINING_FIELDS = (
+    "num_frames", "data.resolution", "data.patch_size", "data.grayscale", "model.rope_axes",
+    "model.rope_theta", "model.context_attends_video", "diffusion.num_timesteps",
+    "diffusion.beta_schedule", "diffusion.parameterization",
+)
+
+
+def _field(config, name: str):
+  for key in name.split("."):
+    if key not in config:
+      return None  # (an older run's config.json may lack a field)
+    config = config[key]
+  return config
+
+
+def check_same_run(config, workdir: str) -> None:
+  """Raises if config differs from the run in workdir (its config.json) in a field of
+  RUN_DEFINING_FIELDS; a workdir without a config.json is not checked."""
+  try:
+    trained = run_config(workdir)
+  except FileNotFoundError:
+    return
+  differ = [(n, _field(config, n), _field(trained, n)) for n in RUN_DEFINING_FIELDS
+            if None not in (_field(config, n), _field(trained, n))
+            and _field(config, n) != _field(trained, n)]
+  if differ:
+    raise ValueError(
+        f"The config differs from the run in {workdir} in what its weights mean: "
+        + "; ".join(f"{n}={mine!r} where the run trained with {theirs!r}" for n, mine, theirs in differ)
+        + ". Pass the run's values, e.g. "
+        + " ".join(f"--config.{n}={theirs}" for n, _, theirs in differ) + ".")
+
+
+def load_inference_params(config, workdir: str, mesh=None, *, same_run: bool = True):
   """EMA parameters (or the raw ones if config.sampling.use_ema is False) of the diffusion
   model's latest checkpoint in workdir, else of workdir/export (the EMA ones), on this run's
-  mesh. Returns (params, step or None)."""
+  mesh. Returns (params, step or None). same_run: first check_same_run (off where the weights
+  start another run: config.init_from)."""
+  if same_run:
+    check_same_run(config, workdir)
   mesh = mesh or sharding.make_mesh(config.mesh)
   key = "ema_params" if config.sampling.use_ema else "params"
   params, step = load_params(workdir, train_state.abstract_state(config, mesh), key, "ema_params")

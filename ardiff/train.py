@@ -195,7 +195,7 @@ def create_state(config, mesh, rng):
   if not config.get("init_from"):
     return state
   try:
-    params, step = checkpoint.load_inference_params(config, config.init_from, mesh)
+    params, step = checkpoint.load_inference_params(config, config.init_from, mesh, same_run=False)
   except Exception as e:  # pylint: disable=broad-except  (any failure: say which field)
     raise ValueError(
         f"config.init_from={config.init_from} cannot start this run ({type(e).__name__}: {e})."

@@ -80,6 +80,21 @@ def test_sample_without_a_model_says_train_first(tmp_path, make_config):
     checkpoint.load_inference_params(make_config(**SAMPLED), str(tmp_path))
 
 
+def test_sampling_with_another_window_or_colour_than_trained_says_which(trained, make_config):
+  # The weights' shapes do not depend on these fields: without the check they would load and
+  # sample a 6-frame window over a 4-frame model, or white frames with a coloured one's weights.
+  config = make_config(**SAMPLED)
+  config.num_frames = 6
+  config.data.grayscale = True
+  with pytest.raises(ValueError, match=r"num_frames=6 where the run trained with 4.*"
+                     r"data.grayscale=True where the run trained with False.*"
+                     r"--config.num_frames=4 --config.data.grayscale=False"):
+    checkpoint.load_inference_params(config, trained)
+  # Fine-tuning from the run (config.init_from) may change them.
+  params, step = checkpoint.load_inference_params(config, trained, same_run=False)
+  assert step == 2 and params
+
+
 def test_evaluate_mode_writes_metrics(trained, tfds_dir, make_config):
   config = make_config(**SAMPLED)
   metrics = run_eval.evaluate(config, trained)
