@@ -3,7 +3,9 @@ r"""The demo's figures: FVD48 against the real-vs-real floor, object persistence
   python -m experiments.demo_quality --workdir=/tmp/ardiff_demo [--config=configs/demo.py] \
       [--num_videos=128] [--long_videos=32] [--kv_cache_modes=exact] [--out=docs]
 
-For the demo model in --workdir (latest checkpoint's EMA weights, or its export):
+A run trained with overrides (e.g. --config.num_frames=6) is measured with the same ones: the
+weights are refused otherwise (checkpoint.check_same_run). For the demo model in --workdir
+(latest checkpoint's EMA weights, or its export):
 - FVD48: --num_videos generated 48-frame videos (config.sampling's ar_step; the window slides
   over three times its length) against as many real 48-frame clips of config.eval.data_name;
   the floor is two disjoint draws of real clips against each other (eval seeds 0 and 1).
