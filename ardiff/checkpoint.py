@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from ardiff import sharding
 from ardiff import train_state
+from ardiff.data import patches
 
 
 class Checkpointer:
@@ -167,12 +168,13 @@ def load_params(workdir: str, abstract_state, key: str, export_key: str | None =
 
 # Fields that give trained weights their meaning without changing their shapes: sampled or
 # evaluated with another value, the weights load and silently read the frames wrongly (a 4-frame
-# window over a model trained on 6, white frames fed to a model trained on coloured ones).
+# window over a model trained on 6, white frames fed to a model trained on coloured ones). The
+# data fields only where the model's tokens are pixels (stage 2's are the autoencoder's).
 RUN_DEFINING_FIELDS = (
-    "num_frames", "data.resolution", "data.patch_size", "data.grayscale", "model.rope_axes",
-    "model.rope_theta", "model.context_attends_video", "diffusion.num_timesteps",
-    "diffusion.beta_schedule", "diffusion.parameterization",
+    "num_frames", "model.rope_axes", "model.rope_theta", "model.context_attends_video",
+    "diffusion.num_timesteps", "diffusion.beta_schedule", "diffusion.parameterization",
 )
+PIXEL_RUN_DEFINING_FIELDS = ("data.resolution", "data.patch_size", "data.grayscale")
 
 
 def _field(config, name: str):
@@ -190,7 +192,10 @@ def check_same_run(config, workdir: str) -> None:
     trained = run_config(workdir)
   except FileNotFoundError:
     return
-  differ = [(n, _field(config, n), _field(trained, n)) for n in RUN_DEFINING_FIELDS
+  fields = RUN_DEFINING_FIELDS
+  if not config.latents.get("autoencoder_workdir") and patches.is_pixel_config(config):
+    fields += PIXEL_RUN_DEFINING_FIELDS
+  differ = [(n, _field(config, n), _field(trained, n)) for n in fields
             if None not in (_field(config, n), _field(trained, n))
             and _field(config, n) != _field(trained, n)]
   if differ:
