@@ -187,7 +187,8 @@ def _field(config, name: str):
 
 def check_same_run(config, workdir: str) -> None:
   """Raises if config differs from the run in workdir (its config.json) in a field of
-  RUN_DEFINING_FIELDS; a workdir without a config.json is not checked."""
+  RUN_DEFINING_FIELDS (pixel models: PIXEL_RUN_DEFINING_FIELDS too), naming the flags that
+  would match it; a workdir without a config.json is not checked."""
   try:
     trained = run_config(workdir)
   except FileNotFoundError:
@@ -201,7 +202,8 @@ def check_same_run(config, workdir: str) -> None:
   if differ:
     raise ValueError(
         f"The config differs from the run in {workdir} in what its weights mean: "
-        + "; ".join(f"{n}={mine!r} where the run trained with {theirs!r}" for n, mine, theirs in differ)
+        + "; ".join(f"{n}={mine!r} where the run trained with {theirs!r}"
+                    for n, mine, theirs in differ)
         + ". Pass the run's values, e.g. "
         + " ".join(f"--config.{n}={theirs}" for n, _, theirs in differ) + ".")
 
