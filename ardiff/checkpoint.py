@@ -196,9 +196,9 @@ def check_same_run(config, workdir: str) -> None:
   fields = RUN_DEFINING_FIELDS
   if not config.latents.get("autoencoder_workdir") and patches.is_pixel_config(config):
     fields += PIXEL_RUN_DEFINING_FIELDS
-  differ = [(n, _field(config, n), _field(trained, n)) for n in fields
-            if None not in (_field(config, n), _field(trained, n))
-            and _field(config, n) != _field(trained, n)]
+  values = [(n, _field(config, n), _field(trained, n)) for n in fields]
+  differ = [(n, mine, theirs) for n, mine, theirs in values
+            if None not in (mine, theirs) and mine != theirs]
   if differ:
     raise ValueError(
         f"The config differs from the run in {workdir} in what its weights mean: "
