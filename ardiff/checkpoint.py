@@ -194,7 +194,7 @@ def check_same_run(config, workdir: str) -> None:
   except FileNotFoundError:
     return
   fields = RUN_DEFINING_FIELDS
-  if not config.latents.get("autoencoder_workdir") and patches.is_pixel_config(config):
+  if patches.tokens_are_pixels(config):
     fields += PIXEL_RUN_DEFINING_FIELDS
   values = [(n, _field(config, n), _field(trained, n)) for n in fields]
   differ = [(n, mine, theirs) for n, mine, theirs in values

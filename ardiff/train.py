@@ -55,7 +55,7 @@ def check_config(config):
         f"diffusion.loss={config.diffusion.loss!r}: use one of {diffusion.ELEMENT_LOSSES}.")
   if config.diffusion.loss == "pseudo_huber" and not config.diffusion.huber_c > 0:
     raise ValueError(f"diffusion.huber_c={config.diffusion.huber_c}: use a positive constant.")
-  if config.latents.autoencoder_workdir or not patches.is_pixel_config(config):
+  if not patches.tokens_are_pixels(config):
     if fg:
       raise ValueError(
           f"diffusion.foreground_weight={fg} weighs pixels by their brightness, which latents"

@@ -38,6 +38,12 @@ def is_pixel_config(config) -> bool:
           and config.model.in_channels == p * p * 3)
 
 
+def tokens_are_pixels(config) -> bool:
+  """Whether a run's tokens are config.data's pixel patches: a pixel config without a stage-1
+  autoencoder (stage 2's latent tokens may have a pixel config's shapes)."""
+  return not config.latents.get("autoencoder_workdir") and is_pixel_config(config)
+
+
 def video_to_tokens(config, video_uint8: jnp.ndarray) -> jnp.ndarray:
   """uint8 frames [..., F, H, W, 3] -> model tokens [..., F, L, C] of a pixel config."""
   return patchify(to_model_input(video_uint8), config.data.patch_size)
