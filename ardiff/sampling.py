@@ -498,8 +498,9 @@ class _LabelledModel:
   params: Any
   labels: jax.Array | None
 
-  def __call__(self, x, t, summary=None, summary_valid=None):
-    return self.model.apply(self.params, x, t, self.labels, summary, summary_valid)
+  def __call__(self, x, t, *summaries):
+    """summaries: (summary, summary_valid) where the model has them (model.summary_frames)."""
+    return self.model.apply(self.params, x, t, self.labels, *summaries)
 
   def context_kv(self, batch_size: int):
     return self.model.apply(self.params, self.labels, batch_size, method="context_kv")
