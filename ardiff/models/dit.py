@@ -1,9 +1,6 @@
 """The denoiser: a DiT over the tokens of all frames with temporal causal attention.
 
-Sequence layout: [conditioning tokens (Nc) | summaries (M) | frame 0 (L tokens) | ... | frame F-1].
-The summaries (model.summary_frames = M, default none) are the M frames before the window, one
-token each, so that a short window remembers what its frames hid (two digits before they
-crossed) at one token a frame instead of L.
+Sequence layout: [conditioning tokens (Nc) | frame 0 (L tokens) | frame 1 | ... | frame F-1].
 Each frame has its own timestep, embedded and applied to its own tokens through adaLN-Zero; the
 conditioning tokens have a learned conditioning vector of their own. Positions: a learned
 embedding of the token index within a frame, and RoPE over the frame index (relative, so a
@@ -208,13 +205,6 @@ class VideoDiT(nn.Module):
   # (the demo's 4 layers: a sixth off the forward and backward pass, 5 % off the whole train
   # step, BENCHMARKS.md), for a compile that grows with the depth.
   scan_unroll: int = 1
-  # The frames before the window that the model sees as one token each (its "summaries", 0:
-  # none): a two-layer MLP of the frame's flattened tokens, at RoPE frame positions -M..-1 and
-  # with the conditioning tokens' adaLN vector. They attend to the conditioning tokens and to
-  # each other (all of them lie before the window, so nothing leaks back) and every frame token
-  # attends to them. A summary of a frame that does not exist (before the video's start) is a
-  # learned "empty" token. Sampling runs without KV cache (ardiff/sampling.py).
-  summary_frames: int = 0
   attention_impl: str = "xla"  # ardiff/models/attention.py
   dtype: jnp.dtype = jnp.float32  # of the matmuls of attention and MLP (and of the KV cache)
   param_dtype: jnp.dtype = jnp.float32
@@ -275,15 +265,6 @@ class VideoDiT(nn.Module):
     self.context_conditioning = self.param(
         "context_conditioning", named(normal, ("embed",)), (d,), self.param_dtype
     )
-    if self.summary_frames:
-      self.summary_in = nn.Dense(
-          d, kernel_init=named(nn.initializers.xavier_uniform(), ("channels", "embed")),
-          bias_init=named(zeros, ("embed",)), **kw)
-      self.summary_out = nn.Dense(
-          d, kernel_init=named(nn.initializers.xavier_uniform(), ("mlp", "embed")),
-          bias_init=named(zeros, ("embed",)), **kw)
-      self.summary_empty = self.param(
-          "summary_empty", named(normal, ("embed",)), (d,), self.param_dtype)
     if self.scan_unroll < 1:
       raise ValueError(
           f"config.model.scan_unroll={self.scan_unroll}: 1 (a loop over the layers) or more (the"
@@ -413,50 +394,22 @@ class VideoDiT(nn.Module):
     positions = jnp.stack([frames, rows, cols], axis=-1)
     return layers.rope_angles(positions, dh, self.rope_theta, (dh // 2, dh // 4, dh // 4))
 
-  def _summaries(self, summary, summary_valid):
-    """summary [B, M, L, C] (the M frames before the window, clean), summary_valid bool [B, M]
-    -> float32 [B, M, D]: one token per frame, the learned empty token where not valid."""
-    b, m = summary.shape[:2]
-    if m != self.summary_frames or summary.shape[2:] != (self.tokens_per_frame, self.in_channels):
-      raise ValueError(
-          f"Summaries of {summary.shape[1:]} (frames, tokens, channels); the model takes the"
-          f" {self.summary_frames} frames before the window (config.model.summary_frames) of"
-          f" {self.tokens_per_frame} x {self.in_channels}.")
-    h = self.summary_in(summary.astype(jnp.float32).reshape(b, m, -1))
-    h = self.summary_out(nn.silu(h))
-    empty = self.summary_empty.astype(jnp.float32)
-    return jnp.where(summary_valid[..., None], h, empty)
-
-  def __call__(self, x, t, labels=None, summary=None, summary_valid=None):
-    """summary, summary_valid: the frames before the window and which of them exist, where
-    the model has summary_frames (None: none exist, as at a video's start)."""
+  def __call__(self, x, t, labels=None):
     self._check_input(x)
     b, f, l, c = x.shape
-    nc, m = self.num_context_tokens, self.summary_frames
-    parts = [self._context_tokens(labels, b)]
-    if m:
-      if summary is None:
-        summary = jnp.zeros((b, m, l, c), jnp.float32)
-        summary_valid = jnp.zeros((b, m), bool)
-      parts.append(self._summaries(summary, summary_valid))
-    elif summary is not None:
-      raise ValueError("Summary frames given to a model without them (model.summary_frames=0).")
-    seq = jnp.concatenate(parts + [self._embed_frames(x)], axis=1)
+    nc = self.num_context_tokens
+    seq = jnp.concatenate([self._context_tokens(labels, b), self._embed_frames(x)], axis=1)
     seq = nn.with_logical_constraint(seq, ("batch", "tokens", "act_embed"))
     c_frames = self.timestep_embedding(t)  # [B, F, D]
     cond = jnp.concatenate([self._context_conditioning(b), c_frames], axis=1)  # [B, 1 + F, D]
 
-    # The blocks see the summaries as conditioning tokens (n = Nc + M: their mask and adaLN
-    # vector), rotated to the frames they stand for.
-    positions = token_positions(nc, f, l)
-    positions = np.concatenate([positions[:nc], np.arange(-m, 0), positions[nc:]])
-    cos, sin = self._rope(jnp.asarray(positions, jnp.int32),
-                          jnp.asarray(in_frame_positions(nc + m, f, l)))
+    cos, sin = self._rope(jnp.asarray(token_positions(nc, f, l)),
+                          jnp.asarray(in_frame_positions(nc, f, l)))
     seq, _ = self.blocks(seq, None, cond, cos, sin, None)  # [B, S, D]; the blocks make the mask
 
-    shift, scale = jnp.split(per_token(self.final_adaLN(nn.silu(cond)), nc + m, l), 2, axis=-1)
+    shift, scale = jnp.split(per_token(self.final_adaLN(nn.silu(cond)), nc, l), 2, axis=-1)
     seq = layers.modulate(layers.layer_norm(seq), shift, scale)
-    return self._output(seq[:, nc + m:], b, f)
+    return self._output(seq[:, nc:], b, f)
 
   def context_kv(self, labels, batch_size: int):
     """Keys and values of the conditioning tokens in every layer: (k, v) [depth, B, Nc, H, Dh].
@@ -466,9 +419,6 @@ class VideoDiT(nn.Module):
     """
     if self.context_attends_video:
       raise ValueError("With context_attends_video the context sees the frames: no KV cache.")
-    if self.summary_frames:
-      raise ValueError("With model.summary_frames the window's tokens see summaries that change"
-                       " as it moves: no KV cache (sampling.kv_cache=False).")
     nc = self.num_context_tokens
     h = self._context_tokens(labels, batch_size)
     c = self._context_conditioning(batch_size)
