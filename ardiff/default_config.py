@@ -30,14 +30,6 @@ def get_default_config() -> mc.ConfigDict:
   # corner that frame-by-frame rollouts sample from (timesteps.sample_train_timesteps). 0: the
   # paper's FoPP.
   c.fopp_clean_prefix_prob = 0.0
-  # With model.memory_frames: the share of clips whose memory starts late (a random number of its
-  # frames, uniform from none to all but one, are masked out), as the first windows of a video
-  # have fewer frames before them; the rest see every memory frame.
-  c.memory_partial_prob = 0.25
-  # With model.memory_frames: each memory frame noised to a timestep drawn uniformly from
-  # [0, this] (0: clean), as context noise against the sampler's imperfect frames; the sampler
-  # feeds its memory at sampling.memory_timestep.
-  c.memory_noise_max_timestep = 0
   # Start training from the parameters of another run or export (a workdir: its latest
   # checkpoint's EMA parameters, else its export, e.g. one written by `python -m ardiff.convert`)
   # instead of random ones; the optimizer and EMA start afresh. None: from scratch.
@@ -136,10 +128,6 @@ def get_default_config() -> mc.ConfigDict:
   # Layers per iteration of the scan over the blocks: 1 compiles one block whatever the depth
   # (28 layers); the depth unrolls the loop, faster on CPUs for small models (models/dit.py).
   c.model.scan_unroll = 1
-  # The finished frames before the window that the model remembers, in full, through a forward
-  # pass that gets no gradient (models/dit.py; 0: none). Training clips then hold
-  # memory_frames + num_frames frames.
-  c.model.memory_frames = 0
   # Rematerialise each block in training (recompute its forward pass in the backward pass).
   c.model.remat = False
   # What remat keeps (ardiff/models/dit.py REMAT_POLICIES, jax.checkpoint_policies):
@@ -202,9 +190,6 @@ def get_default_config() -> mc.ConfigDict:
   # The timestep at which finished frames are fed while later frames denoise: 0 (clean, as the
   # model saw them in training) or 1 (the reference's sampler).
   c.sampling.finished_timestep = 0
-  # With model.memory_frames: the timestep the frames before the window are noised to and fed at
-  # (fresh noise at every call); None: the finished frames' timestep, without noise.
-  c.sampling.memory_timestep = mc.config_dict.placeholder(int)
   # The same frame by frame (ar_step >= num_steps); None: finished_timestep. The demo's 300
   # tells the model that its own frames are not quite clean, and fewer rollouts fade
   # (docs/demo.md, "Frame by frame without history guidance").

@@ -106,9 +106,6 @@ class _Spec:
   num_classes: int
   max_branches: int
   compiler_options: tuple[tuple[str, object], ...] | None
-  memory_frames: int = 0  # the frames before the window that the model sees (models/dit.py)
-  # The memory's timestep, noised to it (config.sampling.memory_timestep); -1: none, unnoised.
-  memory_timestep: int = -1
 
   @property
   def history_guided(self) -> bool:
@@ -132,7 +129,6 @@ class Sampler:
   history_guided: bool  # one more pass per call, with the history weakened
   init: Callable[..., Any]  # Sampler.stream's programs (_init_buffer, _run_segment), jitted
   segment: Callable[..., Any]
-  remembers: bool = False  # the model sees frames before its window: stream runs fn at once
 
   def __call__(self, params, rngs, labels=None, prefix=None) -> jax.Array:
     return self.fn(params, rngs, labels, prefix)
@@ -146,12 +142,8 @@ class Sampler:
     segment_frames (default: the window) frames, so that a video of any length needs device
     memory for the buffer and the cache, not for the whole video; after each segment the
     frames that left the window for good are yielded. Two programs compile (the segments and a
-    shorter last one) whatever the length. A model with a memory (model.memory_frames) sees
-    frames that may have left such a buffer: its videos come whole, in one piece.
+    shorter last one) whatever the length.
     """
-    if self.remembers:
-      yield 0, to_host(self.fn(params, rngs, labels, prefix))
-      return
     plan = sampling_plan.stream_segments(self.schedule, self.window,
                                          segment_frames or self.window)
     carry = self.init(params, rngs, labels, plan.buffer_frames, prefix)
@@ -241,8 +233,6 @@ def make_sampler(
       num_classes=int(config.model.num_classes),
       max_branches=max_branches,
       compiler_options=tuple(sorted(compiler_options.items())) if compiler_options else None,
-      memory_frames=int(config.model.get("memory_frames", 0)),
-      memory_timestep=-1 if s.get("memory_timestep") is None else int(s.memory_timestep),
   )
   if spec.kv_cache_mode not in KV_CACHE_MODES:
     raise ValueError(
@@ -275,10 +265,6 @@ def make_sampler(
   if spec.kv_cache and spec.history_guided:
     logging.warning("sampling.history_guidance_scale != 1 runs a second pass per call whose"
                     " history changes from call to call: sampling without cache.")
-    spec = dataclasses.replace(spec, kv_cache=False)
-  if spec.kv_cache and spec.memory_frames:
-    logging.warning("model.memory_frames: the window's tokens see a memory that changes as it"
-                    " moves: sampling without cache.")
     spec = dataclasses.replace(spec, kv_cache=False)
   if spec.kv_cache and spec.timestep_grid == "reference":
     logging.warning("sampling.timestep_grid='reference' changes finished frames at every call"
@@ -385,7 +371,7 @@ def _build(model, spec: _Spec) -> Sampler:
       jax.jit(run, compiler_options=options), schedule, plan, window, guided,
       spec.history_guided,
       jax.jit(init, static_argnums=3, compiler_options=options),
-      jax.jit(segment, donate_argnums=3, compiler_options=options), spec.memory_frames > 0,
+      jax.jit(segment, donate_argnums=3, compiler_options=options),
   )
 
 
@@ -501,9 +487,8 @@ class _LabelledModel:
   params: Any
   labels: jax.Array | None
 
-  def __call__(self, x, t, *memory):
-    """memory: (memory, memory_valid, memory_t) where the model has one (model.memory_frames)."""
-    return self.model.apply(self.params, x, t, self.labels, *memory)
+  def __call__(self, x, t):
+    return self.model.apply(self.params, x, t, self.labels)
 
   def context_kv(self, batch_size: int):
     return self.model.apply(self.params, self.labels, batch_size, method="context_kv")
@@ -547,34 +532,11 @@ class _DenoisingStep:
     """The model's (x, t) for the frames x [B, Q, L, C] moving from steps prev to new [Q]."""
     return self._passed(x, self.model_timesteps(prev, x.shape[0], new))
 
-  def _passed(self, *arrays: jax.Array) -> tuple[jax.Array, ...]:
-    """The arrays (x, t; the memory) as the model takes them: twice over when guided
-    (conditional, null label)."""
+  def _passed(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x, t) as the model takes them: twice over when guided (conditional, null label)."""
     if self.guided:
-      return tuple(_duplicate_for_guidance(a) for a in arrays)
-    return arrays
-
-  def memory(self, x: jax.Array, window_start: jax.Array, first_frame: jax.Array
-             ) -> tuple[jax.Array, jax.Array, jax.Array] | tuple[()]:
-    """The model's memory (model.memory_frames = M): the M frames before the window at
-    window_start of x [B, M + S, L, C] (the buffer after M padding frames, _sample_uncached),
-    which of them exist (the video's frame >= 0; first_frame: the buffer's first frame in the
-    video) and their timestep (finished frames': finished_timestep); () without a memory.
-    Frames before the window are finished."""
-    m = self.spec.memory_frames
-    if not m:
-      return ()
-    memory = jax.lax.dynamic_slice_in_dim(x, window_start, m, axis=1)
-    frames = first_frame + window_start - m + jnp.arange(m)  # their indices in the video
-    valid = frames >= 0
-    if self.spec.memory_timestep >= 0:  # noised as in training (config.memory_noise_max_timestep)
-      t = jnp.full(memory.shape[:2], self.spec.memory_timestep, jnp.int32)
-      keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(self.history_keys)
-      memory = diffusion.q_sample(self.sched, memory, t,
-                                  frame_noise(keys, frames, memory.shape[2:]))
-    else:
-      t = jnp.full(memory.shape[:2], self.spec.finished_timestep, jnp.int32)
-    return self._passed(memory, jnp.broadcast_to(valid, memory.shape[:2]), t)
+      return _duplicate_for_guidance(x), _duplicate_for_guidance(t)
+    return x, t
 
   def history_output(self, model, x: jax.Array, prev: jax.Array, new: jax.Array,
                      frames: jax.Array) -> jax.Array:
@@ -587,8 +549,6 @@ class _DenoisingStep:
     vanilla: without the finished frames: the frames in progress as a clip of their own. Under
     strict causality a clip's first frames do not see the ones after them, so the window is
     rolled to put them first; the finished frames' outputs (rolled behind) are not used.
-    The memory of frames before the window (model.memory_frames) is history too: the weakened
-    pass runs without it.
     """
     s = self.spec
     t = self.model_timesteps(prev, x.shape[0], new)  # [B, Q]
@@ -647,28 +607,24 @@ class _DenoisingStep:
 
 def _sample_uncached(model, step, rows, window, x):
   """x [B, S, L, C] (noise, prefix frames set) -> after the calls of rows, one _uncached_call
-  each. With a memory (model.memory_frames = M) the calls run on x after M padding frames,
-  so that the M frames before any window are a slice of it."""
-  m = step.spec.memory_frames
+  each."""
   call = functools.partial(_uncached_call, model, step, window)
-  x, _ = jax.lax.scan(call, jnp.pad(x, ((0, 0), (m, 0), (0, 0), (0, 0))), rows)
-  return x[:, m:]
+  x, _ = jax.lax.scan(call, x, rows)
+  return x
 
 
 def _uncached_call(model, step, window, x, row):
   """One call: the model on the window at window_start, one step of the frames that move."""
   window_start = row["window_start"]
-  start = window_start + step.spec.memory_frames  # in x, after the padding frames
-  x_w = jax.lax.dynamic_slice_in_dim(x, start, window, axis=1)  # [B, W, L, C]
+  x_w = jax.lax.dynamic_slice_in_dim(x, window_start, window, axis=1)  # [B, W, L, C]
   prev = jax.lax.dynamic_slice_in_dim(row["prev"], window_start, window)
   new = jax.lax.dynamic_slice_in_dim(row["new"], window_start, window)
   frames = row["offset"] + window_start + jnp.arange(window)  # the window's frames in the video
-  out = model(*step.model_inputs(x_w, prev, new),
-              *step.memory(x, window_start, row["offset"]))
+  out = model(*step.model_inputs(x_w, prev, new))
   if step.spec.history_guided:
     out = step.combine_history(out, step.history_output(model, x_w, prev, new, frames))
   x_w = step(x_w, out, prev, new, tempered(step.spec, step.noise(row["call"]), frames))
-  return jax.lax.dynamic_update_slice_in_dim(x, x_w, start, axis=1), None
+  return jax.lax.dynamic_update_slice_in_dim(x, x_w, window_start, axis=1), None
 
 
 # The cached path (module docstring): per call, the query frames of the plan against the

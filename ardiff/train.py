@@ -44,37 +44,6 @@ def model_inputs(config, batch) -> tuple[jax.Array, jax.Array | None]:
   return x0, labels
 
 
-def split_memory(config, x0, rng=None):
-  """A training clip's tokens [B, M + F, L, C] -> (the window [B, F, L, C], the frames before
-  it that the model remembers [B, M, L, C] or None, which of them exist: bool [B, M] or
-  None), M = config.model.memory_frames. rng: draws the clips whose memory starts late
-  (config.memory_partial_prob), as a video's first windows have fewer frames before them; None:
-  all exist."""
-  m = config.model.get("memory_frames", 0)
-  if not m:
-    return x0, None, None
-  b = x0.shape[0]
-  valid = jnp.ones((b, m), bool)
-  if rng is not None and config.memory_partial_prob:
-    k_partial, k_count = jax.random.split(rng)
-    partial = jax.random.uniform(k_partial, (b,)) < config.memory_partial_prob
-    count = jax.random.randint(k_count, (b,), 0, m)  # how many exist: none to all but one
-    valid = jnp.where(partial[:, None], jnp.arange(m)[None] >= m - count[:, None], valid)
-  return x0[:, m:], x0[:, :m], valid
-
-
-def noise_memory(config, sched, memory, rng):
-  """The memory [B, M, L, C] (or None) -> (it noised, its timesteps int [B, M] or None): each
-  frame to its own t drawn uniformly from [0, config.memory_noise_max_timestep] (0: clean, t
-  None). The sampler feeds the model's own frames there, which clean real frames never show."""
-  if memory is None or not config.memory_noise_max_timestep:
-    return memory, None
-  k_t, k_noise = jax.random.split(rng)
-  t = jax.random.randint(k_t, memory.shape[:2], 0, config.memory_noise_max_timestep + 1)
-  noise = jax.random.normal(k_noise, memory.shape, memory.dtype)
-  return diffusion.q_sample(sched, memory, t, noise), t
-
-
 def check_config(config):
   """Errors that say what to change, before anything is built."""
   m = config.model
@@ -111,16 +80,6 @@ def check_config(config):
         f"config.num_frames={config.num_frames} (clip length) differs from"
         f" config.model.num_frames={m.num_frames} (the model's window): set them equal."
     )
-  memory = m.get("memory_frames", 0)
-  if memory < 0 or memory and not 0 <= config.memory_partial_prob <= 1:
-    raise ValueError(
-        f"config.model.memory_frames={memory} (frames before the window: >= 0) with"
-        f" config.memory_partial_prob={config.get('memory_partial_prob')} (in [0, 1]).")
-  noise_max = config.get("memory_noise_max_timestep", 0)
-  if not 0 <= noise_max < config.diffusion.num_timesteps:
-    raise ValueError(
-        f"config.memory_noise_max_timestep={noise_max}: the memory's noise, a timestep in"
-        f" [0, {config.diffusion.num_timesteps}) (config.diffusion.num_timesteps); 0: clean.")
   if config.train_timesteps not in timesteps.TRAIN_SAMPLERS:
     raise ValueError(
         f"config.train_timesteps={config.train_timesteps!r}: use one of {timesteps.TRAIN_SAMPLERS}."
@@ -139,7 +98,6 @@ def train_step(config, model, tx, state, batch, rng):
   rng = jax.random.fold_in(rng, step)
   k_t, k_noise, k_drop = jax.random.split(rng, 3)
   x0, labels = model_inputs(config, batch)
-  x0, memory, memory_valid = split_memory(config, x0, jax.random.fold_in(k_drop, 1))
   b, f = x0.shape[:2]
   sched = diffusion.schedule_from_config(config.diffusion)
   param = config.diffusion.parameterization
@@ -164,10 +122,8 @@ def train_step(config, model, tx, state, batch, rng):
     drop = jax.random.uniform(k_drop, (b,)) < config.label_drop
     labels = jnp.where(drop, config.model.num_classes, labels)
 
-  memory, memory_t = noise_memory(config, sched, memory, jax.random.fold_in(k_drop, 2))
-
   def loss_fn(params):
-    out = model.apply({"params": params}, x_t, t, labels, memory, memory_valid, memory_t)
+    out = model.apply({"params": params}, x_t, t, labels)
     return diffusion.loss_and_metrics(
         out, tgt, t, weights, pixel_weights, config.diffusion.loss, config.diffusion.huber_c)
 
@@ -221,14 +177,13 @@ def reconstruct(config, model, params, batch, rng):
   (generate.tokens_to_video turns them into frames, through the autoencoder for latents).
   """
   x0, labels = model_inputs(config, batch)
-  x0, memory, memory_valid = split_memory(config, x0)
   b, f = x0.shape[:2]
   sched = diffusion.schedule_from_config(config.diffusion)
   t = jnp.broadcast_to(
       jnp.linspace(0, config.diffusion.num_timesteps * 0.6, f).astype(jnp.int32), (b, f)
   )
   x_t = diffusion.q_sample(sched, x0, t, jax.random.normal(rng, x0.shape))
-  out = model.apply({"params": params}, x_t, t, labels, memory, memory_valid)
+  out = model.apply({"params": params}, x_t, t, labels)
   pred, _ = diffusion.to_x0_eps(sched, config.diffusion.parameterization, x_t, t, out)
   return jnp.stack([x0, x_t, pred])
 

@@ -27,7 +27,6 @@ import numpy as np
 from ardiff import sharding
 from ardiff import train
 from ardiff import train_state
-from ardiff.data import pipeline
 from ardiff.models import build_model
 from configs import common
 from configs import demo
@@ -61,7 +60,7 @@ def time_config(name, config):
   model, tx = build_model(config), train_state.make_optimizer(config)
   state = train_state.create_train_state(config, mesh, jax.random.key(0))
   m = config.model
-  b, f = config.global_batch_size, pipeline.train_clip_frames(config)
+  b, f = config.global_batch_size, config.num_frames
   rng = np.random.default_rng(0)
   if name == "paper":  # latent tokens straight in, as in the paper's stage 2
     batch = {"latents": jnp.asarray(

@@ -51,11 +51,10 @@ def random_params(model, scale=None, seed=1):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model(num_classes=0, rope_axes="frame", convs=0, memory_frames=0):
+def tiny_model(num_classes=0, rope_axes="frame", convs=0):
   config = tiny_config(num_classes)
   config.model.rope_axes = rope_axes
   config.model.conv_stem_channels = config.model.conv_head_channels = convs
-  config.model.memory_frames = memory_frames
   model = build_model(config)
   return model, random_params(model)
 
@@ -70,16 +69,15 @@ def reference_step(model, parameterization, num_timesteps, clip_denoised):
   x0 and eps, clipping, DDIM (eta = 0); compiled once per window shape."""
   dsched = diffusion.make_schedule("linear", num_timesteps)
 
-  def guided(params, x, t, labels, guidance_scale, memory=None, valid=None, memory_t=None):
-    out = model.apply(params, x, t, labels, memory, valid, memory_t)
+  def guided(params, x, t, labels, guidance_scale):
+    out = model.apply(params, x, t, labels)
     if labels is not None:
-      uncond = model.apply(params, x, t, None, memory, valid, memory_t)
+      uncond = model.apply(params, x, t, None)
       out = jnp.where(guidance_scale == 1, out, uncond + guidance_scale * (out - uncond))
     return out
 
-  def step(params, x_w, t_in, t_cur, t_next, labels, guidance_scale, out_hist, history_scale,
-           memory=None, valid=None, memory_t=None):
-    out = guided(params, x_w, t_in, labels, guidance_scale, memory, valid, memory_t)
+  def step(params, x_w, t_in, t_cur, t_next, labels, guidance_scale, out_hist, history_scale):
+    out = guided(params, x_w, t_in, labels, guidance_scale)
     if history_scale != 1:
       out = out_hist + history_scale * (out - out_hist)
     x0, eps = diffusion.to_x0_eps(dsched, parameterization, x_w, t_in, out)
@@ -93,16 +91,13 @@ def reference_step(model, parameterization, num_timesteps, clip_denoised):
 
 
 def reference_sample(model, params, config, rngs, num_frames, labels=None, prefix=None,
-                     temperature=1.0, finished_t=0, memory_frames=0, memory_t=None):
+                     temperature=1.0, finished_t=0):
   """The AD loop written plainly (eta = 0): a Python loop over the schedule's rows, the whole
   window per call, finished frames fed (clean) at t = finished_t, the initial noise of every frame
   but the first times `temperature`. With history guidance a second pass per
   call sees the finished frames noised to the lowest timestep of the frames in progress, with
   noise N(0, 1) keyed by (the video's key folded with 2, the frame's index) ("fractional"), or
-  the frames in progress alone, as a shorter clip ("vanilla"). memory_frames M: the M frames
-  before the window go in as the model's memory (at t = finished_t; at memory_t noised with
-  noise keyed by (the video's key folded with 2 and 3, the frame's index)), zeros marked as not
-  existing before the video's start; history guidance's second pass runs without them."""
+  the frames in progress alone, as a shorter clip ("vanilla")."""
   s, n = config.sampling, config.sampling.num_steps
   k = 0 if prefix is None else prefix.shape[1]
   sched = sampling_plan.sampling_schedule(
@@ -128,21 +123,6 @@ def reference_sample(model, params, config, rngs, num_frames, labels=None, prefi
     t_next = np.broadcast_to(grid[new], (len(rngs), w))
     t_in = np.where(prev == n, finished_t, t_cur)
     x_w = x[:, ws : ws + w]
-    memory = valid = memory_ts = None
-    if memory_frames:
-      memory_ts = np.full((len(rngs), memory_frames),
-                          finished_t if memory_t is None else memory_t, np.int32)
-      memory = np.zeros((len(rngs), memory_frames, L, C), np.float32)
-      valid = np.zeros((len(rngs), memory_frames), bool)
-      for j, frame in enumerate(range(ws - memory_frames, ws)):
-        if frame >= 0:
-          memory[:, j], valid[:, j] = x[:, frame], True
-          for b, key in enumerate(history_keys):
-            if memory_t is not None:
-              a = alpha_bar[memory_t]
-              noise = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, 3), frame),
-                                        (L, C))
-              memory[b, j] = np.sqrt(a) * memory[b, j] + np.sqrt(1 - a) * np.asarray(noise)
     out_hist = None
     if history_scale != 1 and vanilla:
       m = int(np.sum(prev == n))
@@ -159,8 +139,7 @@ def reference_sample(model, params, config, rngs, num_frames, labels=None, prefi
           x_hist[b, j] = np.sqrt(a) * x_w[b, j] + np.sqrt(1 - a) * noise
       out_hist = guided(params, x_hist, t_hist, labels, s.guidance_scale)
     x[:, ws : ws + w] = step(params, x_w, t_in, t_cur, t_next, labels, s.guidance_scale,
-                             out_hist, history_scale=history_scale, memory=memory, valid=valid,
-                             memory_t=memory_ts)
+                             out_hist, history_scale=history_scale)
   return x
 
 
@@ -436,39 +415,6 @@ def test_history_guidance_matches_the_reference(num_frames, ar_step, prefix_fram
     assert_close(out[scale], reference_sample(model, params, config, keys(), num_frames,
                                               prefix=prefix))
   assert np.abs(out[2.0] - out[1.0]).max() > 1e-2
-
-
-@pytest.mark.parametrize("num_frames,ar_step,prefix_frames,history,labels,finished,memory_t", [
-    (9, 2, 0, None, False, 0, None), (10, 1, 3, "vanilla", False, 0, None),
-    (8, 4, 0, "fractional", True, 7, None), (9, 1, 2, "vanilla", False, 0, 40)])
-def test_memory_is_the_frames_before_the_window(num_frames, ar_step, prefix_frames, history,
-                                                labels, finished, memory_t):
-  # model.memory_frames: each call sees the 3 frames before its window (those before the
-  # video's start marked as missing) at the finished frames' timestep, or noised to
-  # sampling.memory_timestep, against the plain loop that cuts them out of the video; the
-  # sampler runs without cache, and stream gives the same videos in one piece.
-  model, params = tiny_model(num_classes=3 if labels else 0, memory_frames=3)
-  config = tiny_config(num_classes=3 if labels else 0, ar_step=ar_step, guidance_scale=2.0,
-                       history_guidance_scale=2.0 if history else 1.0,
-                       history_guidance_mode=history or "fractional", finished_timestep=finished)
-  config.model.memory_frames = 3
-  config.sampling.memory_timestep = memory_t
-  prefix = (jax.random.normal(jax.random.key(5), (B, prefix_frames, L, C))
-            if prefix_frames else None)
-  label_ids = jnp.array([0, 2]) if labels else None
-  sampler = sampling.make_sampler(model, config, num_frames, prefix_frames=prefix_frames,
-                                  compiler_options=FAST)
-  assert sampler.plan is None  # the memory moves with the window: no cache
-  out = np.asarray(sampler(params, keys(), label_ids, prefix))
-  assert_close(out, reference_sample(model, params, config, keys(), num_frames, label_ids,
-                                     prefix, finished_t=finished, memory_frames=3,
-                                     memory_t=memory_t))
-  without = reference_sample(model, params, config, keys(), num_frames, label_ids, prefix,
-                             finished_t=finished)
-  assert np.abs(out - without).max() > 1e-2
-  streamed = list(sampler.stream(params, keys(), label_ids, prefix))
-  assert len(streamed) == 1 and streamed[0][0] == 0
-  np.testing.assert_array_equal(streamed[0][1], out)
 
 
 def test_frame_by_frame_history_guidance_scale_applies_frame_by_frame_only():

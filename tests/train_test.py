@@ -12,7 +12,6 @@ import threading
 from flax import traverse_util
 import imageio.v3 as iio
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -20,13 +19,11 @@ import pytest
 from conftest import read_tensors
 
 from ardiff import checkpoint
-from ardiff import diffusion
 from ardiff import loop
 from ardiff import sharding
 from ardiff import train
 from ardiff import train_autoencoder
 from ardiff import train_state
-from ardiff.data import pipeline
 from configs import demo
 from configs import tiny
 
@@ -214,51 +211,6 @@ def test_demo_config_runs_on_its_real_datasets(tmp_path, tfds_dir):
     assert read_tensors(str(tmp_path / name), "reconstructions")
 
 
-def test_memory_trains_on_the_frames_before_the_window(tmp_path, make_config):
-  # model.memory_frames = 2: clips of 2 + 4 frames, the first two the model's memory; a run
-  # trains, previews the window's reconstructions and samples, and exports.
-  config = make_config(**{"num_train_steps": 2, "log_every_steps": 1, "sample_every_steps": 2,
-                          "model.memory_frames": 2})
-  assert next(pipeline.create_train_iterator(config))["video"].shape[1] == 6
-  scalars = train.train_and_evaluate(config, str(tmp_path))
-  assert np.isfinite(scalars["loss"])
-  w, h, gif = read_tensors(str(tmp_path), "reconstructions")[2]
-  assert iio.imread(io.BytesIO(gif), extension=".gif", index=None).shape[0] == config.num_frames
-  # split_memory: the window is the clip's last num_frames frames; memory_partial_prob of
-  # the clips see a late start (a suffix of the memory frames exists, none to all but one of
-  # them, uniformly), the rest all of them.
-  config.model.memory_frames, n = 3, 40_000
-  x0 = jnp.broadcast_to(jnp.arange(7.0)[None, :, None, None], (n, 7, 1, 1))
-  window, memory, valid = jax.jit(lambda x, k: train.split_memory(config, x, k))(
-      x0, jax.random.key(0))
-  assert (window[:, :, 0, 0] == jnp.arange(3, 7)).all()
-  assert (memory[:, :, 0, 0] == jnp.arange(3)).all()
-  valid = np.asarray(valid)
-  assert (np.diff(valid.astype(int), axis=1) >= 0).all()  # a suffix
-  counts = np.bincount(valid.sum(axis=1), minlength=4) / n
-  np.testing.assert_allclose(counts, [0.25 / 3] * 3 + [0.75], atol=0.01)
-  assert train.split_memory(config, x0[:2])[2].all()  # no rng: every memory frame exists
-
-
-def test_memory_noise_draws_each_frame_a_timestep_and_noises_it(make_config):
-  # memory_noise_max_timestep = 3: each memory frame's t uniform over 0..3, the frame
-  # sqrt(alpha_bar_t) x + sqrt(1 - alpha_bar_t) eps (float64 against the drawn noise); 0: clean.
-  config = make_config(**{"model.memory_frames": 2, "memory_noise_max_timestep": 3})
-  sched = diffusion.schedule_from_config(config.diffusion)
-  memory = jnp.ones((20_000, 2, 1, 1))
-  noised, t = jax.jit(lambda m, k: train.noise_memory(config, sched, m, k))(
-      memory, jax.random.key(1))
-  np.testing.assert_allclose(np.bincount(np.asarray(t).ravel(), minlength=4) / 40_000,
-                             [0.25] * 4, atol=0.01)
-  alpha_bar = np.cumprod(1 - diffusion.make_betas("linear", config.diffusion.num_timesteps))
-  eps = np.asarray(jax.random.normal(jax.random.split(jax.random.key(1))[1], memory.shape))
-  a = alpha_bar[np.asarray(t)][..., None, None]
-  np.testing.assert_allclose(noised, np.sqrt(a) + np.sqrt(1 - a) * eps, rtol=1e-5, atol=1e-6)
-  config.memory_noise_max_timestep = 0
-  unnoised, t = train.noise_memory(config, sched, memory, jax.random.key(1))
-  assert unnoised is memory and t is None
-
-
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, make_config):
   workdir = str(tmp_path / "nan")
   train.train_and_evaluate(make_config(num_train_steps=2, checkpoint_every_steps=2), workdir)
@@ -295,12 +247,6 @@ def test_config_errors_say_what_to_change(make_config):
     train.check_config(c)
   c.fopp_clean_prefix_prob, c.train_timesteps = 0.25, "diffusion_forcing"
   with pytest.raises(ValueError, match="fopp_clean_prefix_prob=0.25 needs train_timesteps='fopp'"):
-    train.check_config(c)
-  c = make_config(**{"model.memory_frames": 2, "memory_partial_prob": 1.5})
-  with pytest.raises(ValueError, match=r"memory_frames=2 .*memory_partial_prob=1.5 \(in"):
-    train.check_config(c)
-  c = make_config(**{"model.memory_frames": 2, "memory_noise_max_timestep": 1000})
-  with pytest.raises(ValueError, match=r"memory_noise_max_timestep=1000: .*\[0, 1000\)"):
     train.check_config(c)
   c = make_config()
   c.diffusion.foreground_weight = -0.5

@@ -67,7 +67,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
   """An endless, checkpointable iterator of this process's share of each global batch.
 
   Yields {"video": uint8 [B_local, F, H, W, 3] (stage 2 on latents: "latents" float32
-  [B_local, F, N, C]), "label": int32 [B_local]}, F = train_clip_frames(config), with
+  [B_local, F, N, C]), "label": int32 [B_local]}, with
   B_local = global_batch_size // process_count. All processes index the same global stream
   (shuffled anew each epoch, random clip starts tied to the stream position); process p takes
   rows [p * B_local, (p + 1) * B_local) of every global batch and reads only those records.
@@ -75,9 +75,8 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
   get_state()/set_state() resume it exactly.
 
   Args:
-    config: uses seed, num_frames and model.memory_frames (train_clip_frames),
-      global_batch_size and data.{name, data_dir, resolution, frame_stride, worker_count,
-      prefetch_buffer_size, split_number}.
+    config: uses seed, num_frames, global_batch_size and data.{name, data_dir, resolution,
+      frame_stride, worker_count, prefetch_buffer_size, split_number}.
     process_index: defaults to jax.process_index().
     process_count: defaults to jax.process_count().
   """
@@ -88,8 +87,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
     raise ValueError(f"global_batch_size={config.global_batch_size} is not divisible by the "
                      f"process count {process_count}.")
   local_batch = config.global_batch_size // process_count
-  source, random_clip = _clips_of(config, "train", latents=_trains_on_latents(config),
-                                  num_frames=train_clip_frames(config))
+  source, random_clip = _clips_of(config, "train", latents=_trains_on_latents(config))
   shuffle_seed, clip_seed = _seeds(config.seed)
   ds = (grain.MapDataset.source(source)
         .shuffle(seed=shuffle_seed)  # a new permutation each epoch (the seed is folded in)
@@ -172,17 +170,9 @@ def _trains_on_latents(config) -> bool:
   return bool(config.latents.autoencoder_workdir)
 
 
-def train_clip_frames(config: ml_collections.ConfigDict) -> int:
-  """The frames of a training clip: the window (config.num_frames) after the frames the model
-  remembers (config.model.memory_frames, models/dit.py)."""
-  return config.num_frames + config.model.get("memory_frames", 0)
-
-
-def _clips_of(config: ml_collections.ConfigDict, split: str, latents: bool = False,
-              num_frames: int | None = None):
-  """The records of a split that hold a clip of num_frames (default config.num_frames) frames,
-  and the RandomClip that cuts it; latents: of the stage-2 config's latent dataset
-  (ardiff/data/latents.py)."""
+def _clips_of(config: ml_collections.ConfigDict, split: str, latents: bool = False):
+  """The records of a split that hold a clip, and the RandomClip that cuts it; latents: of the
+  stage-2 config's latent dataset (ardiff/data/latents.py)."""
   name = config.data.name
   if latents:
     latents_lib.check_ready(config, split)
@@ -191,7 +181,7 @@ def _clips_of(config: ml_collections.ConfigDict, split: str, latents: bool = Fal
     source = datasets.open_split(name, split, config.data.data_dir,
                                  resolution=config.data.resolution,
                                  split_number=config.data.get("split_number"))
-  num_frames, stride = num_frames or config.num_frames, config.data.frame_stride
+  num_frames, stride = config.num_frames, config.data.frame_stride
   span = (num_frames - 1) * stride + 1
   if stride < 1:
     raise ValueError(f"data.frame_stride={stride} must be at least 1.")

@@ -29,9 +29,6 @@ def build_model(config) -> VideoDiT | ReferenceDiT:
       param_dtype=jnp.dtype(m.param_dtype),
   )
   if variant == "reference":
-    if m.get("memory_frames", 0):
-      raise ValueError("config.model.memory_frames is ardiff's own model's: set it to 0 for"
-                       " variant='reference'.")
     return ReferenceDiT(context_tokens=m.reference_context_tokens,
                         context_dim=m.reference_context_dim, **common)
   if variant != "ardiff":
@@ -45,7 +42,6 @@ def build_model(config) -> VideoDiT | ReferenceDiT:
       conv_stem_channels=m.get("conv_stem_channels", 0),
       conv_head_channels=m.get("conv_head_channels", 0),
       scan_unroll=m.get("scan_unroll", 1),
-      memory_frames=m.get("memory_frames", 0),
       patch_size=config.data.patch_size,
       attention_impl=m.attention_impl,
       **common,

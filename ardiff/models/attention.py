@@ -53,20 +53,18 @@ def resolve(impl: str, dtype, head_dim: int) -> str:
 
 
 def attend(q, k, v, mask, impl: str, static_mask: np.ndarray | None = None) -> jax.Array:
-  """q [B, T, H, Dh], k and v [B, S, H, Dh], mask bool [T, S] or, per batch row, [B, T, S]
-  (True: may attend) -> [B, T, H, Dh].
+  """q [B, T, H, Dh], k and v [B, S, H, Dh], mask bool [T, S] (True: may attend) -> [B, T, H, Dh].
 
   impl: a resolved implementation (resolve). static_mask: the same mask as a numpy array where
   it is known at trace time; "splash" needs it and falls back to "xla" without it.
   """
   if impl == "splash" and static_mask is not None:
     return _splash(q, k, v, static_mask)
-  heads_mask = mask[None, None] if mask.ndim == 2 else mask[:, None]  # [B or 1, 1, T, S]
   if impl == "cudnn":
-    return jax.nn.dot_product_attention(q, k, v, mask=heads_mask, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None], implementation="cudnn")
   if static_mask is not None:
     return _xla_by_query_chunks(q, k, v, static_mask)
-  return jax.nn.dot_product_attention(q, k, v, mask=heads_mask, implementation="xla")
+  return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None], implementation="xla")
 
 
 def _xla_by_query_chunks(q, k, v, mask: np.ndarray):

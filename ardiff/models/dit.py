@@ -1,10 +1,6 @@
 """The denoiser: a DiT over the tokens of all frames with temporal causal attention.
 
 Sequence layout: [conditioning tokens (Nc) | frame 0 (L tokens) | frame 1 | ... | frame F-1].
-The memory (model.memory_frames = M, default none): the M finished frames before the window, in
-full, whose keys and values the window's tokens attend to but whose pass gets no gradient, so
-that a short window remembers what its frames hid (two digits before they crossed) at the cost
-of a forward pass over them.
 Each frame has its own timestep, embedded and applied to its own tokens through adaLN-Zero; the
 conditioning tokens have a learned conditioning vector of their own. Positions: a learned
 embedding of the token index within a frame, and RoPE over the frame index (relative, so a
@@ -209,13 +205,6 @@ class VideoDiT(nn.Module):
   # (the demo's 4 layers: a sixth off the forward and backward pass, 5 % off the whole train
   # step, BENCHMARKS.md), for a compile that grows with the depth.
   scan_unroll: int = 1
-  # The finished frames before the window that the model remembers (0: none): a pass over the
-  # conditioning tokens and these frames (RoPE frame positions 0..M-1, the window's at M..)
-  # gives every layer's keys and values, which the window's tokens attend to as to a KV cache.
-  # The pass runs under stop_gradient: trained only through the window's attention, a frame of
-  # memory costs a forward pass, about a third of a window frame's forward and backward. Frames
-  # before the video's start are masked out. Sampling runs without KV cache (ardiff/sampling.py).
-  memory_frames: int = 0
   attention_impl: str = "xla"  # ardiff/models/attention.py
   dtype: jnp.dtype = jnp.float32  # of the matmuls of attention and MLP (and of the KV cache)
   param_dtype: jnp.dtype = jnp.float32
@@ -405,17 +394,10 @@ class VideoDiT(nn.Module):
     positions = jnp.stack([frames, rows, cols], axis=-1)
     return layers.rope_angles(positions, dh, self.rope_theta, (dh // 2, dh // 4, dh // 4))
 
-  def __call__(self, x, t, labels=None, memory=None, memory_valid=None, memory_t=None):
-    """memory [B, M, L, C], memory_valid bool [B, M], memory_t int [B, M] (default 0, clean):
-    the M = memory_frames finished frames before the window, which of them exist (frames before
-    a video's start do not) and the timestep they are fed at; None: none exist."""
+  def __call__(self, x, t, labels=None):
     self._check_input(x)
     b, f, l, c = x.shape
-    nc, m = self.num_context_tokens, self.memory_frames
-    if m:
-      return self._with_memory(x, t, labels, memory, memory_valid, memory_t)
-    if memory is not None:
-      raise ValueError("Memory frames given to a model without them (model.memory_frames=0).")
+    nc = self.num_context_tokens
     seq = jnp.concatenate([self._context_tokens(labels, b), self._embed_frames(x)], axis=1)
     seq = nn.with_logical_constraint(seq, ("batch", "tokens", "act_embed"))
     c_frames = self.timestep_embedding(t)  # [B, F, D]
@@ -429,35 +411,6 @@ class VideoDiT(nn.Module):
     seq = layers.modulate(layers.layer_norm(seq), shift, scale)
     return self._output(seq[:, nc:], b, f)
 
-  def _with_memory(self, x, t, labels, memory, memory_valid, memory_t):
-    """__call__ with memory_frames: a pass over the conditioning tokens and the memory, whose
-    keys and values (under stop_gradient) the window's frames attend to, as decode does."""
-    b, f, l, c = x.shape
-    nc, m = self.num_context_tokens, self.memory_frames
-    if memory is None:
-      memory = jnp.zeros((b, m, l, c), x.dtype)
-      memory_valid = jnp.zeros((b, m), bool)
-    if memory.shape != (b, m, l, c) or memory_valid.shape != (b, m):
-      raise ValueError(
-          f"Memory of {memory.shape} with validity {memory_valid.shape}; the model remembers"
-          f" {m} frames before the window (config.model.memory_frames) of {(l, c)} tokens and"
-          " channels, validity [B, M].")
-    if memory_t is None:
-      memory_t = jnp.zeros((b, m), jnp.int32)
-    seq = jnp.concatenate([self._context_tokens(labels, b), self._embed_frames(memory)], axis=1)
-    cond = jnp.concatenate([self._context_conditioning(b), self.timestep_embedding(memory_t)],
-                           axis=1)
-    cos, sin = self._rope(jnp.asarray(token_positions(nc, m, l)),
-                          jnp.asarray(in_frame_positions(nc, m, l)))
-    # Per video: the frame-causal mask without the keys of frames that do not exist.
-    key_valid = jnp.concatenate([jnp.ones((b, nc), bool), jnp.repeat(memory_valid, l, axis=1)],
-                                axis=1)  # [B, Nc + M * L]
-    mask = jnp.asarray(attention_mask(nc, m, l))[None] & key_valid[:, None, :]
-    _, kv = self.blocks(seq, None, cond, cos, sin, mask)
-    kv = jax.lax.stop_gradient(kv)
-    out, _ = self.decode(x, t, m + jnp.arange(f), kv, key_valid)
-    return out
-
   def context_kv(self, labels, batch_size: int):
     """Keys and values of the conditioning tokens in every layer: (k, v) [depth, B, Nc, H, Dh].
 
@@ -466,9 +419,6 @@ class VideoDiT(nn.Module):
     """
     if self.context_attends_video:
       raise ValueError("With context_attends_video the context sees the frames: no KV cache.")
-    if self.memory_frames:
-      raise ValueError("With model.memory_frames the window's tokens see a memory that changes"
-                       " as it moves: no KV cache (sampling.kv_cache=False).")
     nc = self.num_context_tokens
     h = self._context_tokens(labels, batch_size)
     c = self._context_conditioning(batch_size)
@@ -488,8 +438,7 @@ class VideoDiT(nn.Module):
 
     positions int [Q]: the frames' indices within the window (RoPE), increasing; a frame sees
     the valid prefix tokens and the frames of x at its position or before. kv_prefix: (k, v)
-    [depth, B, P, H, Dh] from context_kv and earlier decode calls; prefix_valid bool [P], or
-    [B, P] where it differs between the videos (the memory, __call__).
+    [depth, B, P, H, Dh] from context_kv and earlier decode calls; prefix_valid bool [P].
     Returns the prediction [B, Q, L, C] (as __call__ gives for these frames when the window
     holds the prefix's frames before them) and the frames' own (k, v) [depth, B, Q * L, H, Dh].
     """
@@ -502,12 +451,8 @@ class VideoDiT(nn.Module):
     pos = jnp.repeat(jnp.asarray(positions, jnp.int32), l)  # [Q * L]
     cos, sin = self._rope(pos, jnp.asarray(in_frame_positions(0, q, l)))
     own = pos[None, :] <= pos[:, None]
-    if prefix_valid.ndim == 2:  # per video: [B, Q * L, P + Q * L]
-      prefix = jnp.broadcast_to(prefix_valid[:, None, :], (b, q * l, prefix_valid.shape[1]))
-      own = jnp.broadcast_to(own, (b,) + own.shape)
-    else:
-      prefix = jnp.broadcast_to(prefix_valid[None, :], (q * l, prefix_valid.shape[0]))
-    mask = jnp.concatenate([prefix, own], axis=-1)  # [Q * L, P + Q * L]
+    prefix = jnp.broadcast_to(prefix_valid[None, :], (q * l, prefix_valid.shape[0]))
+    mask = jnp.concatenate([prefix, own], axis=1)  # [Q * L, P + Q * L]
     h, kv = self.blocks(h, tuple(kv_prefix), cond, cos, sin, mask)
 
     shift, scale = jnp.split(jnp.repeat(self.final_adaLN(nn.silu(c_frames)), l, axis=1), 2, axis=-1)

@@ -130,8 +130,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv_prefix=None, return_kv=False, static_mask=None):
-    """x [B, S, D]; cos/sin [S, Dh/2]; mask bool [S, P + S] (query, key), or [B, S, P + S]
-    per batch row: True = may attend.
+    """x [B, S, D]; cos/sin [S, Dh/2]; mask bool [S, P + S] (query, key): True = may attend.
 
     kv_prefix: (k, v) [B, P, H, Dh] of P tokens computed earlier (keys already rotated),
     attended before the S own tokens: the KV cache of sampling. None: P = 0.

@@ -157,11 +157,7 @@ class ReferenceDiT(nn.Module):
     rows = jnp.where(labels == self.null_label, 0, labels)  # the reference's null row
     return self.class_emb.astype(jnp.float32)[rows]
 
-  def __call__(self, x, t, labels=None, memory=None, memory_valid=None, memory_t=None):
-    del memory_valid, memory_t  # VideoDiT's signature; the reference's model has no memory
-    if memory is not None:
-      raise ValueError("The reference's model sees no frames before its window: set"
-                       " config.model.memory_frames=0.")
+  def __call__(self, x, t, labels=None):
     self._check_input(x)
     b, f, l, c = x.shape
     d, nc = self.hidden_size, self.context_tokens
