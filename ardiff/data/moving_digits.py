@@ -15,6 +15,11 @@ spans 14 pixels with strokes of 2 to 3 (docs/demo.md, run G28, measured the demo
 moving_digits_typeface (and moving_digits_typeface_long) draw moving_digits_large's clips with one
 shape per class, its medoid: ten shapes, as with a typeface (docs/demo.md, run TF16X2: the demo's
 model keeps their identity far better than the handwriting's).
+
+moving_digits_two_tone (and moving_digits_two_tone_long) draw moving_digits_typeface's clips with
+two fixed colours instead of a random one per digit: the first digit amber, the second azure, so
+that each lies in a colour channel of its own (red, blue) and two digits that cross stay two.
+Their brightest channel is moving_digits_typeface's grey frame, pixel for pixel.
 """
 
 import colorsys
@@ -75,9 +80,11 @@ def _bounce(start: np.ndarray, velocity: np.ndarray, num_frames: int, limit: flo
 
 
 def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray,
-                pool: np.ndarray, num_frames: int = NUM_FRAMES) -> tuple[np.ndarray, int]:
+                pool: np.ndarray, num_frames: int = NUM_FRAMES,
+                palette: tuple | None = None) -> tuple[np.ndarray, int]:
   """One clip: uint8 [num_frames, SIZE, SIZE, 3] and the class of its first digit; the digits
-  are as large as `glyphs` [N, G, G]."""
+  are as large as `glyphs` [N, G, G]. palette: the d-th digit's RGB colour in [0, 1] instead of
+  a random one (drawn all the same, so that the clip's motion and digits stay those without)."""
   glyph = glyphs.shape[1]
   canvas = np.zeros((num_frames, SIZE, SIZE, 3), np.uint8)
   limit = SIZE - glyph
@@ -91,6 +98,8 @@ def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray
     track = _bounce(rng.uniform(0, limit, size=2), velocity, num_frames, limit)
     # Saturated, bright colors so that two digits stay distinguishable.
     color = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.5, 1.0), 1.0), np.float32)
+    if palette is not None:
+      color = np.asarray(palette[d], np.float32)
     sprite = np.round(glyphs[index][..., None] * color * 255).astype(np.uint8)  # [G, G, 3]
     for t, (y, x) in enumerate(np.round(track).astype(int)):
       region = canvas[t, y:y + glyph, x:x + glyph]
@@ -108,6 +117,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
   SEED = SEED
   GLYPH = GLYPH
   TYPEFACE = False  # every digit of a class drawn with one shape (load_glyphs' typeface)
+  PALETTE = None  # the first and second digit's colours (render_clip); None: random ones
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -129,7 +139,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
     split_id = list(NUM_CLIPS).index(split)
     for i in range(self.NUM_CLIPS[split]):
       rng = np.random.default_rng([self.SEED, split_id, i])
-      video, label = render_clip(rng, glyphs, labels, pool, self.NUM_FRAMES)
+      video, label = render_clip(rng, glyphs, labels, pool, self.NUM_FRAMES, self.PALETTE)
       yield i, {"video": video, "label": label}
 
 
@@ -177,3 +187,24 @@ class MovingDigitsTypefaceLong(MovingDigitsLargeLong):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   TYPEFACE = True
+
+
+# Amber and azure: each digit's brightest channel at 1 (so the grey frame is the typeface's), the
+# first in red, the second in blue, green shared at 0.6 for a warm and a cool tone.
+TWO_TONE = ((1.0, 0.6, 0.0), (0.0, 0.6, 1.0))
+
+
+class MovingDigitsTwoTone(MovingDigitsTypeface):
+  """moving_digits_typeface's clips with the first digit amber and the second azure."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  PALETTE = TWO_TONE
+
+
+class MovingDigitsTwoToneLong(MovingDigitsTypefaceLong):
+  """moving_digits_typeface_long's clips drawn as moving_digits_two_tone draws them."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  PALETTE = TWO_TONE
