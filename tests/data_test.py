@@ -161,6 +161,32 @@ def test_moving_digits_typeface_draws_each_class_with_its_medoid(data_dir):
   assert [r["label"] for r in first[:4]] == [r["label"] for r in first[4:]]
 
 
+def test_moving_digits_two_tone_puts_each_digit_in_a_channel_of_its_own():
+  """moving_digits_two_tone: the typeface clips (the same grey frames, pixel for pixel), the first
+  digit in red only and the second in blue only, green at 0.6 of the brighter of the two."""
+  assert datasets.BUILDERS["moving_digits_two_tone"].PALETTE == moving_digits.TWO_TONE
+  assert datasets.BUILDERS["moving_digits_two_tone_long"].PALETTE == moving_digits.TWO_TONE
+  assert datasets.BUILDERS["moving_digits_two_tone_long"].NUM_FRAMES == 128
+  glyphs, labels = moving_digits.load_glyphs(moving_digits.LARGE_GLYPH, typeface=True)
+  two_digit_clips = 0
+  for i in range(8):
+    def draw(palette):
+      rng = np.random.default_rng([0, 0, i])
+      return moving_digits.render_clip(rng, glyphs, labels, np.arange(100), 8, palette)
+    face, label = draw(None)
+    clip, two_tone_label = draw(moving_digits.TWO_TONE)
+    assert two_tone_label == label
+    np.testing.assert_array_equal(clip.max(-1), face.max(-1))
+    first = draw(((1, 0, 0), (0, 0, 0)))[0][..., 0]  # the first digit alone
+    second = draw(((0, 0, 0), (0, 0, 1)))[0][..., 2]
+    np.testing.assert_array_equal(clip[..., 0], first)
+    np.testing.assert_array_equal(clip[..., 2], second)
+    both = np.maximum(first, second).astype(np.float32)
+    np.testing.assert_allclose(clip[..., 1], 0.6 * both, atol=1)
+    two_digit_clips += bool(second.any())
+  assert 0 < two_digit_clips < 8
+
+
 def test_moving_digits_clips_are_unchanged():
   """The clips docs/results.md and the demo measured: a sha256 of one, as rendered before digit
   sizes became a parameter (a change in PIL's bicubic resampling would also show here, and would
