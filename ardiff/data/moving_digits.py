@@ -84,7 +84,7 @@ def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray
                 palette: tuple | None = None) -> tuple[np.ndarray, int]:
   """One clip: uint8 [num_frames, SIZE, SIZE, 3] and the class of its first digit; the digits
   are as large as `glyphs` [N, G, G]. palette: the d-th digit's RGB colour in [0, 1] instead of
-  a random one (drawn all the same, so that the clip's motion and digits stay those without)."""
+  a random one (which is still drawn, so that the clip's motion and digits stay those without)."""
   glyph = glyphs.shape[1]
   canvas = np.zeros((num_frames, SIZE, SIZE, 3), np.uint8)
   limit = SIZE - glyph
