@@ -89,6 +89,9 @@ def get_default_config() -> mc.ConfigDict:
   c.data.split_number = 1
   c.data.worker_count = 0
   c.data.prefetch_buffer_size = 2
+  # Training clips from the split decoded and resized once, into memory (pipeline.InMemoryFrames):
+  # for small datasets on CPUs, where decoding and resizing every batch costs the step time.
+  c.data.in_memory = False
 
   c.model = mc.ConfigDict()
   # "ardiff": ardiff's own DiT (models/dit.py). "reference": the reference's DiT_crossattn as its

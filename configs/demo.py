@@ -77,6 +77,10 @@ def _config():
   # 20-pixel ones (5 pixels) are not.
   c.data.name = "moving_digits_large"
   c.data.grayscale = True  # white digits, as every run since H in docs/demo.md
+  # The 2000 training clips decoded and resized once, into memory (49 MB, 5.6 s): the batches are
+  # the same, the loop runs 27.5-28.0 steps/s median against 23.6-24.3 decoding each batch (4000
+  # steps alone, in turn, on a 2-core VM at 160-180 GFLOP/s; BENCHMARKS.md).
+  c.data.in_memory = True
   # 16 tokens of 48 channels per frame: a step is about a quarter of the 32x32 one's, and FVD48
   # falls fast with steps (docs/demo.md, "16x16 frames").
   c.data.resolution = 16

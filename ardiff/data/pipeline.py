@@ -14,6 +14,8 @@ and bilinear interpolation when enlarging (frames.py).
 """
 
 import dataclasses
+import os
+import time
 
 from absl import logging
 import grain
@@ -62,6 +64,43 @@ class RandomClip(grain.transforms.RandomMap):
     return {self.key: clip, "label": np.int32(record["label"])}
 
 
+class InMemoryFrames:
+  """A frame source read once: every record decoded, resized to `resolution` and (grayscale)
+  made grey, held in memory (config.data.in_memory). RandomClip's resize and grey then do
+  nothing (both are idempotent), so a clip is the same as from the stored records, but the
+  step no longer waits on the host: a training batch of the demo costs about 4 ms of decoding
+  and resizing on a 2-core CPU (its step is 35), here a slice. For small datasets (the
+  generated digits: 2000 clips of 32 16x16 frames are 49 MB); a source that would take more
+  than half the memory free now is an error.
+  """
+
+  def __init__(self, source, resolution: int, grayscale: bool, name: str):
+    frames_per_record = (source.num_frames if hasattr(source, "num_frames") else
+                         np.full(len(source), source.dataset_info.features["video"].shape[0]))
+    need = int(np.sum(frames_per_record)) * resolution * resolution * 3
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free / 2:
+      raise ValueError(
+          f"data.in_memory would hold {need / 2**30:.1f} GiB of {name} frames at {resolution}x"
+          f"{resolution}, more than half of the {free / 2**30:.1f} GiB free: set"
+          " data.in_memory=False to read the records as training goes.")
+    start = time.time()
+    self.records = []
+    for i in range(len(source)):
+      record = dict(source[i])
+      video = frames.resize_frames(record["video"], resolution)
+      record["video"] = frames.grayscale(video) if grayscale else video
+      self.records.append(record)
+    logging.info("data.in_memory: %d %s records, %.0f MB of frames, read in %.1f s.",
+                 len(self.records), name, need / 1e6, time.time() - start)
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int):
+    return self.records[index]
+
+
 def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: int | None = None,
                           process_count: int | None = None) -> grain.DatasetIterator:
   """An endless, checkpointable iterator of this process's share of each global batch.
@@ -76,7 +115,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
 
   Args:
     config: uses seed, num_frames, global_batch_size and data.{name, data_dir, resolution,
-      frame_stride, worker_count, prefetch_buffer_size, split_number}.
+      frame_stride, grayscale, worker_count, prefetch_buffer_size, split_number, in_memory}.
     process_index: defaults to jax.process_index().
     process_count: defaults to jax.process_count().
   """
@@ -87,7 +126,11 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
     raise ValueError(f"global_batch_size={config.global_batch_size} is not divisible by the "
                      f"process count {process_count}.")
   local_batch = config.global_batch_size // process_count
-  source, random_clip = _clips_of(config, "train", latents=_trains_on_latents(config))
+  latents = _trains_on_latents(config)
+  source, random_clip = _clips_of(config, "train", latents=latents)
+  if config.data.get("in_memory") and not latents:
+    source = InMemoryFrames(source, config.data.resolution, random_clip.grayscale,
+                            config.data.name)
   shuffle_seed, clip_seed = _seeds(config.seed)
   ds = (grain.MapDataset.source(source)
         .shuffle(seed=shuffle_seed)  # a new permutation each epoch (the seed is folded in)
