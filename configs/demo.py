@@ -1,10 +1,10 @@
-"""The embedded demo: moving digits (built from scikit-learn's digits, Moving MNIST's
-proportions, each class drawn with one shape) as white digits on 16x16 frames, a small causal
-DiT over 4x4-pixel patches with pixel convolutions around it, trained with FoPP on 4-frame clips
-and a loss weighed towards bright pixels, for 56000 steps: 21.5 minutes alone on a 2-core VM at
-415 GFLOP/s (run TF16X2's recipe, README; `:runlocal`: a minute). `:handwriting` is the same
-recipe on the handwritten digits for half the steps (run FG4, the demo before). The 32x32 recipe
-before it (run CV, an hour) is `get_32_pixel_config()`. docs/demo.md measures every choice here.
+"""The embedded demo: moving digits (built from scikit-learn's digits, Moving MNIST's proportions,
+each class drawn with one shape) as white digits on 16x16 frames, a small causal DiT over 4x4-pixel
+patches with pixel convolutions around it, trained with FoPP on 4-frame clips and a loss weighed
+towards bright pixels, for 56000 steps: 21.5 minutes alone on a 2-core VM at 415 GFLOP/s, 43 on one
+at 151 (run TF16X2's recipe, README; `:runlocal`: a minute). `:handwriting` is the same recipe on
+the handwritten digits for half the steps (run FG4, the demo before). The 32x32 recipe before it
+(run CV, an hour) is `get_32_pixel_config()`. docs/demo.md measures every choice here.
 """
 
 from ardiff import default_config
@@ -79,7 +79,7 @@ def _config():
   c.data.grayscale = True  # white digits, as every run since H in docs/demo.md
   # The 2000 training clips decoded and resized once, into memory (49 MB, 5.6 s): the batches are
   # the same, the loop runs 27.5-28.0 steps/s median against 23.6-24.3 decoding each batch (4000
-  # steps alone, in turn, on a 2-core VM at 160-180 GFLOP/s; BENCHMARKS.md).
+  # steps alone, in turn, on a 2-core VM at 158-181 GFLOP/s; BENCHMARKS.md).
   c.data.in_memory = True
   # 16 tokens of 48 channels per frame: a step is about a quarter of the 32x32 one's, and FVD48
   # falls fast with steps (docs/demo.md, "16x16 frames").

@@ -68,10 +68,10 @@ class InMemoryFrames:
   """A frame source read once: every record decoded, resized to `resolution` and (grayscale)
   made grey, held in memory (config.data.in_memory). RandomClip's resize and grey then do
   nothing (both are idempotent), so a clip is the same as from the stored records, but the
-  step no longer waits on the host: a training batch of the demo costs about 4 ms of decoding
-  and resizing on a 2-core CPU (its step is 35), here a slice. For small datasets (the
-  generated digits: 2000 clips of 32 16x16 frames are 49 MB); a source that would take more
-  than half the memory free now is an error.
+  step no longer shares the cores with decoding: a training batch of the demo costs 3.4 ms of
+  PNG decoding and resizing on a 2-core CPU (its step 32-37 ms), 0.6-0.7 ms from here. For
+  small datasets (the generated digits: 2000 clips of 32 16x16 frames are 49 MB); a source that
+  would take more than half the memory free now is an error.
   """
 
   def __init__(self, source, resolution: int, grayscale: bool, name: str):
