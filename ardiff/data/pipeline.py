@@ -50,16 +50,19 @@ class RandomClip(grain.transforms.RandomMap):
   l2_normalize: bool = False  # latents: config.latents.l2_normalize
   scale: float = 1.0  # latents: config.latents.scale
 
+  def prepare(self, video: np.ndarray) -> np.ndarray:
+    """Stored frames as training sees them: resized, and grey if grayscale (both idempotent)."""
+    video = frames.resize_frames(video, self.resolution)
+    return frames.grayscale(video) if self.grayscale else video
+
   def random_map(self, record, rng: np.random.Generator):
     video = record[self.key]  # [T, S, S, 3] uint8 or [T, N, C] float32 latents, T >= span
     span = (self.num_frames - 1) * self.stride + 1
     start = rng.integers(0, video.shape[0] - span + 1)
     clip = video[start:start + span:self.stride]  # [F, ...]
     if self.resolution is not None:
-      clip = frames.resize_frames(clip, self.resolution)
-    if self.grayscale:
-      clip = frames.grayscale(clip)
-    if self.resolution is None:
+      clip = self.prepare(clip)
+    else:
       clip = latents_lib.stage2_tokens(clip, self.l2_normalize, self.scale)
     return {self.key: clip, "label": np.int32(record["label"])}
 
@@ -74,7 +77,8 @@ class InMemoryFrames:
   would take more than half the memory free now is an error.
   """
 
-  def __init__(self, source, resolution: int, grayscale: bool, name: str):
+  def __init__(self, source, random_clip: RandomClip, name: str):
+    resolution = random_clip.resolution
     frames_per_record = (source.num_frames if hasattr(source, "num_frames") else
                          np.full(len(source), source.dataset_info.features["video"].shape[0]))
     need = int(np.sum(frames_per_record)) * resolution * resolution * 3
@@ -88,8 +92,7 @@ class InMemoryFrames:
     self.records = []
     for i in range(len(source)):
       record = dict(source[i])
-      video = frames.resize_frames(record["video"], resolution)
-      record["video"] = frames.grayscale(video) if grayscale else video
+      record["video"] = random_clip.prepare(record["video"])
       self.records.append(record)
     logging.info("data.in_memory: %d %s records, %.0f MB of frames, read in %.1f s.",
                  len(self.records), name, need / 1e6, time.time() - start)
@@ -129,8 +132,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
   latents = _trains_on_latents(config)
   source, random_clip = _clips_of(config, "train", latents=latents)
   if config.data.get("in_memory") and not latents:
-    source = InMemoryFrames(source, config.data.resolution, random_clip.grayscale,
-                            config.data.name)
+    source = InMemoryFrames(source, random_clip, config.data.name)
   shuffle_seed, clip_seed = _seeds(config.seed)
   ds = (grain.MapDataset.source(source)
         .shuffle(seed=shuffle_seed)  # a new permutation each epoch (the seed is folded in)
