@@ -396,3 +396,32 @@ def test_pixel_convolutions_around_the_transformer():
   c.model.tokens_per_frame, c.model.in_channels = 32, 4  # 1D latent tokens
   with pytest.raises(ValueError, match="pixel"):
     build_model(c).init(jax.random.key(0), jnp.ones((1, f, 32, 4)), t[:1], None)
+
+
+def test_attention_projects_query_key_value_in_one_matmul():
+  # layers.Attention runs its three HeadsIn projections as one product (heads_in); written out
+  # here projection by projection, with RoPE and XLA's attention over the whole square, the
+  # output and the returned keys/values agree, and the parameters keep their own names and
+  # shapes (query/key/value: kernel [D, H, Dh], bias [H, Dh]), as checkpoints store them.
+  from ardiff.models import layers  # noqa: PLC0415
+
+  b, s, d, h = 2, 9, 32, 4
+  dh = d // h
+  x = jax.random.normal(jax.random.key(0), (b, s, d))
+  mask = np.tril(np.ones((s, s), bool))
+  cos, sin = layers.rope_angles(jnp.arange(s), dh, 100.0)
+  attn = layers.Attention(h)
+  variables = randomized(attn.init(jax.random.key(1), x, cos, sin, jnp.asarray(mask)))
+  p = variables["params"]
+  for name in ("query", "key", "value"):
+    assert p[name]["kernel"].shape == (d, h, dh) and p[name]["bias"].shape == (h, dh)
+  out, (k_own, v_own) = attn.apply(variables, x, cos, sin, jnp.asarray(mask), return_kv=True)
+
+  q, k, v = (jnp.einsum("bsd,dhk->bshk", x, p[n]["kernel"]) + p[n]["bias"]
+             for n in ("query", "key", "value"))
+  q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+  ref = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(mask)[None, None])
+  ref = jnp.einsum("bshk,hkd->bsd", ref, p["out"]["kernel"]) + p["out"]["bias"]
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(k_own, k, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(v_own, v, atol=1e-5, rtol=1e-5)
