@@ -109,8 +109,8 @@ class HeadsIn(nn.Module):
 
 def heads_in(x, projections, dtype) -> list[jax.Array]:
   """x [B, S, D] through several HeadsIn at once: one matmul over their kernels stacked [D, n, H,
-  Dh] (query, key and value: one product and two gradient products instead of three each, 7 %
-  more train steps a second for the 16x16 demo on a 2-core CPU, BENCHMARKS.md). Stacked on a
+  Dh] (query, key and value: one product and two gradient products instead of three each, about
+  6 % more train steps a second for the 16x16 demo on a 2-core CPU, BENCHMARKS.md). Stacked on a
   new axis rather than joined along the heads, so that heads split over devices stay split."""
   kernel = jnp.stack([p.kernel for p in projections], axis=1).astype(dtype)
   bias = jnp.stack([p.bias for p in projections], axis=0).astype(dtype)
