@@ -86,14 +86,14 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class HeadsIn(nn.Module):
-  """[B, S, D] -> [B, S, H, Dh]. Explicit 3-D kernel (not DenseGeneral, which initialises a
-  flattened 2-D kernel that cannot carry three logical axis names). Its parameters are set up
-  eagerly so that Attention can read them and project through several at once (heads_in)."""
+  """The parameters of one projection [B, S, D] -> [B, S, H, Dh] (query, key or value), which
+  heads_in applies. Explicit 3-D kernel (not DenseGeneral, which initialises a flattened 2-D
+  kernel that cannot carry three logical axis names), set up eagerly so that Attention can read
+  several and project through them at once."""
 
   in_features: int
   num_heads: int
   head_dim: int
-  dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -102,9 +102,6 @@ class HeadsIn(nn.Module):
     self.kernel = self.param("kernel", named(init, ("embed", "heads", "kv")), shape,
                              self.param_dtype)
     self.bias = self.param("bias", named(_zeros, ("heads", "kv")), shape[1:], self.param_dtype)
-
-  def __call__(self, x):
-    return heads_in(x, [self], self.dtype)[0]
 
 
 def heads_in(x, projections, dtype) -> list[jax.Array]:
@@ -154,8 +151,7 @@ class Attention(nn.Module):
     """
     d = x.shape[-1]
     head_dim = d // self.num_heads
-    dense = lambda name: HeadsIn(d, self.num_heads, head_dim, self.dtype, self.param_dtype,
-                                 name=name)
+    dense = lambda name: HeadsIn(d, self.num_heads, head_dim, self.param_dtype, name=name)
     # [B, S, H, Dh] each, from one matmul
     q, k, v = heads_in(x, [dense("query"), dense("key"), dense("value")], self.dtype)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
