@@ -187,6 +187,73 @@ def test_moving_digits_two_tone_puts_each_digit_in_a_channel_of_its_own():
   assert 0 < two_digit_clips < 8
 
 
+def test_bounce_apart_is_an_elastic_collision_of_discs():
+  """_bounce_apart: apart, each disc moves as _bounce moves it; head on, equal masses swap
+  velocities; at any angle, positions stay `distance` apart and the speeds' sum of squares is
+  kept (walls and collisions conserve it), and a disc seldom holds still for a frame."""
+  far = moving_digits._bounce_apart(np.array([[0., 0.], [30., 30.]]),
+                                    np.array([[0., 1.], [0., -1.]]), 20, 30, 5)
+  np.testing.assert_allclose(far[:, 0], moving_digits._bounce(np.zeros(2), np.array([0., 1.]),
+                                                              20, 30))
+  # On one row, 10 apart at speeds +2 and -1: 7 apart after a frame; the next move would bring
+  # them 4 apart (< 5), so they swap velocities where they are and move on from there, the first
+  # reflected at 0.
+  line = moving_digits._bounce_apart(np.array([[0., 0.], [0., 10.]]),
+                                     np.array([[0., 2.], [0., -1.]]), 5, 100, 5)
+  np.testing.assert_allclose(line[:, 0, 1], [0, 2, 1, 0, 1])
+  np.testing.assert_allclose(line[:, 1, 1], [10, 9, 11, 13, 15])
+  rng = np.random.default_rng(0)
+  holds = 0
+  for _ in range(200):
+    starts = rng.uniform(0, 60, (2, 2))
+    if np.linalg.norm(starts[0] - starts[1]) < 25:
+      continue
+    velocities = rng.uniform(-3, 3, (2, 2))
+    track = moving_digits._bounce_apart(starts, velocities, 64, 60, 25)
+    assert (np.linalg.norm(track[:, 0] - track[:, 1], axis=-1) >= 25 - 1e-9).all()
+    assert ((track >= 0) & (track <= 60)).all()
+    step = np.diff(track, axis=0)  # [63, 2, 2]
+    holds += (np.abs(step) < 1e-12).all(-1).any(-1).sum()
+    # Steps in free flight (as the one before: no wall, no collision) move at the first speeds.
+    free = np.abs(step[1:] - step[:-1]).max((-1, -2)) < 1e-9
+    assert free.mean() > 0.5
+    np.testing.assert_allclose((step[1:][free] ** 2).sum((-1, -2)), (velocities ** 2).sum())
+  assert holds < 10
+
+
+def test_moving_digits_typeface_apart_keeps_two_digits_from_crossing(data_dir):
+  """moving_digits_typeface_apart: the typeface's clips with two digits bouncing off each other.
+  Clips of one digit are the typeface's, pixel for pixel; the two digits' strokes, drawn apart
+  (the palette), touch in few frames and share few pixels, where the typeface's cross."""
+  assert datasets.BUILDERS["moving_digits_typeface_apart"].APART
+  assert datasets.BUILDERS["moving_digits_typeface_apart_long"].NUM_FRAMES == 128
+  glyphs, labels = moving_digits.load_glyphs(moving_digits.LARGE_GLYPH, typeface=True)
+  touching, shared = {}, {}
+  for apart in (False, True):
+    frames = overlap = common = ink = 0
+    for i in range(60):
+      def draw(palette, i=i, apart=apart):
+        return moving_digits.render_clip(np.random.default_rng([0, 0, i]), glyphs, labels,
+                                         np.arange(100), 32, palette, apart)
+      first, second = draw(((1, 0, 0), (0, 0, 0)))[0][..., 0], draw(((0, 0, 0), (0, 0, 1)))[0]
+      second = second[..., 2]
+      if not second.any():  # one digit: the same clip
+        np.testing.assert_array_equal(draw(None)[0], moving_digits.render_clip(
+            np.random.default_rng([0, 0, i]), glyphs, labels, np.arange(100), 32)[0])
+        continue
+      both = (first > 50) & (second > 50)
+      frames += len(both)
+      overlap += both.any((1, 2)).sum()
+      common += both.sum()
+      ink += (second > 50).sum()
+    touching[apart], shared[apart] = overlap / frames, common / ink
+  assert touching[True] < 0.15 and shared[True] < 0.01, (touching, shared)
+  assert touching[False] > 0.4 and shared[False] > 0.1, (touching, shared)
+  clips = [datasets.open_split(name, "test", data_dir)[i] for name in (
+      "moving_digits_typeface", "moving_digits_typeface_apart") for i in range(4)]
+  assert [r["label"] for r in clips[:4]] == [r["label"] for r in clips[4:]]
+
+
 def test_moving_digits_clips_are_unchanged():
   """The clips docs/results.md and the demo measured: a sha256 of one, as rendered before digit
   sizes became a parameter (a change in PIL's bicubic resampling would also show here, and would

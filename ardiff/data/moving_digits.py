@@ -20,6 +20,10 @@ moving_digits_two_tone (and moving_digits_two_tone_long) draw moving_digits_type
 two fixed colours instead of a random one per digit: the first digit amber, the second azure, so
 that each lies in a colour channel of its own (red, blue) and two digits that cross stay two.
 Their brightest channel is moving_digits_typeface's grey frame, pixel for pixel.
+
+moving_digits_typeface_apart (and _long) draw moving_digits_typeface's clips with the two digits
+bouncing off each other instead of crossing (as discs; their strokes may touch): no digit is ever
+hidden behind the other, so a model that sees a few frames never has to remember one.
 """
 
 import colorsys
@@ -36,6 +40,10 @@ NUM_FRAMES = 32
 SIZE = 64
 GLYPH = 20  # 8x8 digits upsampled to 20x20.
 LARGE_GLYPH = 28  # moving_digits_large
+# moving_digits_typeface_apart: the digits' corners (so their centres) stay this many glyph sides
+# apart. The typeface's digits are about 0.75 of their glyph wide: at 0.9 their strokes touch in 9 %
+# of a two-digit clip's frames, 0.3 % of a digit's pixels, against 65 % and 17 % when they cross.
+APART = 0.9
 SEED = 0
 NUM_CLIPS = {"train": 2000, "test": 256}
 # Digits of the train clips come from the first images, those of the test clips from the rest.
@@ -67,40 +75,86 @@ def load_glyphs(size: int = GLYPH, typeface: bool = False) -> tuple[np.ndarray, 
   return glyphs.astype(np.float32) / 255, digits.target.astype(np.int64)
 
 
+def _reflect(pos: np.ndarray, vel: np.ndarray, limit: float):
+  """pos + vel reflected at 0 and `limit` (any leading shape, coordinates last): new position
+  and velocity."""
+  pos, vel = pos + vel, vel.copy()
+  low, high = pos < 0, pos > limit
+  pos[low], pos[high] = -pos[low], 2 * limit - pos[high]
+  vel[low | high] *= -1
+  return pos, vel
+
+
 def _bounce(start: np.ndarray, velocity: np.ndarray, num_frames: int, limit: float):
   """Positions [num_frames, 2] of a point reflected at 0 and `limit`."""
   pos, vel, out = start.copy(), velocity.copy(), []
   for _ in range(num_frames):
     out.append(pos.copy())
-    pos += vel
-    low, high = pos < 0, pos > limit
-    pos[low], pos[high] = -pos[low], 2 * limit - pos[high]
-    vel[low | high] *= -1
+    pos, vel = _reflect(pos, vel, limit)
+  return np.stack(out)
+
+
+def _bounce_apart(starts: np.ndarray, velocities: np.ndarray, num_frames: int, limit: float,
+                  distance: float):
+  """Positions [num_frames, 2, 2] of two points reflected at 0 and `limit` and off each other as
+  discs of diameter `distance`. When a move would bring them closer than that, they collide where
+  they were: if approaching (after any wall's reflection), they exchange their velocity components
+  along the line between them (an elastic collision of equal masses), then move from there with
+  those velocities, or hold still for the frame should that still bring them closer. starts
+  [2, 2] must be `distance` apart or more; so are all positions."""
+  pos, vel, out = starts.copy(), velocities.copy(), []
+  assert np.linalg.norm(pos[0] - pos[1]) >= distance, "the discs start overlapping"
+  for _ in range(num_frames):
+    out.append(pos.copy())
+    new, vel = _reflect(pos, vel, limit)
+    if np.linalg.norm(new[0] - new[1]) < distance:
+      normal = (pos[0] - pos[1]) / np.linalg.norm(pos[0] - pos[1])
+      approach = np.dot(vel[0] - vel[1], normal)
+      if approach < 0:
+        vel = vel - approach * np.stack([normal, -normal])
+      new, vel = _reflect(pos, vel, limit)
+      if np.linalg.norm(new[0] - new[1]) < distance:
+        new = pos
+    pos = new
   return np.stack(out)
 
 
 def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray,
                 pool: np.ndarray, num_frames: int = NUM_FRAMES,
-                palette: tuple | None = None) -> tuple[np.ndarray, int]:
+                palette: tuple | None = None, apart: bool = False) -> tuple[np.ndarray, int]:
   """One clip: uint8 [num_frames, SIZE, SIZE, 3] and the class of its first digit; the digits
   are as large as `glyphs` [N, G, G]. palette: the d-th digit's RGB colour in [0, 1] instead of
-  a random one (which is still drawn, so that the clip's motion and digits stay those without)."""
+  a random one (which is still drawn, so that the clip's motion and digits stay those without).
+  apart: two digits bounce off each other as discs of diameter APART x G instead of crossing
+  (their strokes may touch, not cross); the same digits, colours and velocities as without, the
+  starts redrawn while closer than that (draws after all the others, so that those stay the
+  same)."""
   glyph = glyphs.shape[1]
   canvas = np.zeros((num_frames, SIZE, SIZE, 3), np.uint8)
   limit = SIZE - glyph
   first_label = -1
+  starts, velocities, sprites = [], [], []
   for d in range(rng.integers(1, 3)):
     index = rng.choice(pool)
     if d == 0:
       first_label = int(labels[index])
     angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.5, 3.5)
-    velocity = speed * np.array([np.sin(angle), np.cos(angle)])
-    track = _bounce(rng.uniform(0, limit, size=2), velocity, num_frames, limit)
+    velocities.append(speed * np.array([np.sin(angle), np.cos(angle)]))
+    starts.append(rng.uniform(0, limit, size=2))
     # Saturated, bright colors so that two digits stay distinguishable.
     color = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.5, 1.0), 1.0), np.float32)
     if palette is not None:
       color = np.asarray(palette[d], np.float32)
-    sprite = np.round(glyphs[index][..., None] * color * 255).astype(np.uint8)  # [G, G, 3]
+    sprites.append(np.round(glyphs[index][..., None] * color * 255).astype(np.uint8))  # [G, G, 3]
+  if apart and len(starts) == 2:
+    while np.linalg.norm(starts[0] - starts[1]) < APART * glyph:
+      starts = [rng.uniform(0, limit, size=2) for _ in starts]
+    tracks = _bounce_apart(np.stack(starts), np.stack(velocities), num_frames, limit,
+                           APART * glyph)
+    tracks = tracks.transpose(1, 0, 2)
+  else:
+    tracks = [_bounce(s, v, num_frames, limit) for s, v in zip(starts, velocities)]
+  for sprite, track in zip(sprites, tracks):
     for t, (y, x) in enumerate(np.round(track).astype(int)):
       region = canvas[t, y:y + glyph, x:x + glyph]
       np.maximum(region, sprite, out=region)  # Overlaps composite like MNIST's max.
@@ -118,6 +172,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
   GLYPH = GLYPH
   TYPEFACE = False  # every digit of a class drawn with one shape (load_glyphs' typeface)
   PALETTE = None  # the first and second digit's colours (render_clip); None: random ones
+  APART = False  # two digits bounce off each other instead of crossing (render_clip)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -139,7 +194,8 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
     split_id = list(NUM_CLIPS).index(split)
     for i in range(self.NUM_CLIPS[split]):
       rng = np.random.default_rng([self.SEED, split_id, i])
-      video, label = render_clip(rng, glyphs, labels, pool, self.NUM_FRAMES, self.PALETTE)
+      video, label = render_clip(rng, glyphs, labels, pool, self.NUM_FRAMES, self.PALETTE,
+                                 self.APART)
       yield i, {"video": video, "label": label}
 
 
@@ -208,3 +264,20 @@ class MovingDigitsTwoToneLong(MovingDigitsTypefaceLong):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   PALETTE = TWO_TONE
+
+
+class MovingDigitsTypefaceApart(MovingDigitsTypeface):
+  """moving_digits_typeface's clips (the same digits, colours and velocities) with two digits
+  bouncing off each other instead of crossing: no digit is ever hidden behind another."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  APART = True
+
+
+class MovingDigitsTypefaceApartLong(MovingDigitsTypefaceLong):
+  """moving_digits_typeface_long's clips drawn as moving_digits_typeface_apart draws them."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  APART = True
