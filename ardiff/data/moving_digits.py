@@ -40,9 +40,10 @@ NUM_FRAMES = 32
 SIZE = 64
 GLYPH = 20  # 8x8 digits upsampled to 20x20.
 LARGE_GLYPH = 28  # moving_digits_large
-# moving_digits_typeface_apart: the digits' corners (so their centres) stay this many glyph sides
-# apart. The typeface's digits are about 0.75 of their glyph wide: at 0.9 their strokes touch in 9 %
-# of a two-digit clip's frames, 0.3 % of a digit's pixels, against 65 % and 17 % when they cross.
+# moving_digits_typeface_apart: the digits' positions (so their centres) stay at least this many
+# glyph sides apart. The typeface's digits are about 0.75 of their glyph wide: at 0.9 their strokes
+# touch in 9 % of a two-digit clip's frames, 0.3 % of a digit's pixels, against 65 % and 17 % when
+# they cross.
 APART = 0.9
 SEED = 0
 NUM_CLIPS = {"train": 2000, "test": 256}
