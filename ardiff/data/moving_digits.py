@@ -148,10 +148,10 @@ def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray
       color = np.asarray(palette[d], np.float32)
     sprites.append(np.round(glyphs[index][..., None] * color * 255).astype(np.uint8))  # [G, G, 3]
   if apart and len(starts) == 2:
-    while np.linalg.norm(starts[0] - starts[1]) < APART * glyph:
+    distance = APART * glyph
+    while np.linalg.norm(starts[0] - starts[1]) < distance:
       starts = [rng.uniform(0, limit, size=2) for _ in starts]
-    tracks = _bounce_apart(np.stack(starts), np.stack(velocities), num_frames, limit,
-                           APART * glyph)
+    tracks = _bounce_apart(np.stack(starts), np.stack(velocities), num_frames, limit, distance)
     tracks = tracks.transpose(1, 0, 2)
   else:
     tracks = [_bounce(s, v, num_frames, limit) for s, v in zip(starts, velocities)]
