@@ -184,12 +184,13 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir, make_confi
 
 
 def test_demo_config_runs_on_its_real_datasets(tmp_path, tfds_dir):
-  # The default is run TF16X2's recipe (`:typeface` names it too); `:handwriting` is FG4's, the
-  # same model and training on moving_digits_large for half the steps.
+  # The default is run AP's recipe, `:typeface` run TF16X2's (the same on crossing digits) and
+  # `:handwriting` FG4's, the same model and training on moving_digits_large for half the steps.
   flat = lambda arg=None: traverse_util.flatten_dict(demo.get_config(arg).to_dict(), sep=".")
-  default, handwriting = flat(), flat("handwriting")
-  assert flat("typeface") == default
-  assert {k for k in default if default[k] != handwriting[k]} == {
+  default, typeface, handwriting = flat(), flat("typeface"), flat("handwriting")
+  assert {k for k in default if default[k] != typeface[k]} == {"data.name", "eval.data_name"}
+  assert default["data.name"] == "moving_digits_typeface_apart"
+  assert {k for k in typeface if typeface[k] != handwriting[k]} == {
       "data.name", "eval.data_name", "num_train_steps", "sample_every_steps",
       "sampling.noise_temperature", "sampling.frame_by_frame_noise_temperature",
       "sampling.frame_by_frame_history_guidance_scale", "sampling.frame_by_frame_finished_timestep"}
