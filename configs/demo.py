@@ -30,8 +30,9 @@ def get_config(arg=None):
     if "typeface" not in args:
       # Run AP: the same clips with two digits bouncing off each other instead of crossing,
       # where a 4-frame window cannot follow a digit hidden behind another (docs/demo.md,
-      # "Digits that bounce off each other"): FVD48 2.8x and 2.9x the floor for two seeds,
-      # digits kept in 0.74-0.78 of 48 frames, against 3.2x-4.2x and 0.50-0.60 crossing.
+      # "Digits that bounce off each other"): FVD48 2.8x and 2.9x the floor for two seeds and
+      # 2.4x for the README's run, digits kept in 0.72-0.78 of 48 frames, against 3.2x-4.2x and
+      # 0.50-0.60 for four draws on crossing digits.
       c.data.name = "moving_digits_typeface_apart"
       c.eval.data_name = "moving_digits_typeface_apart_long"
     c.num_train_steps = 56000
