@@ -13,8 +13,8 @@ from configs import common
 
 
 def get_config(arg=None):
-  """`:runlocal`: the one-minute smoke run; `:typeface`: run TF16X2 (the default on crossing
-  digits); `:handwriting`: run FG4 (below)."""
+  """`:runlocal`: the one-minute smoke run; `:typeface`: run TF16X2 (the demo before, on
+  crossing digits); `:handwriting`: run FG4 (below)."""
   args = common.parse_args(arg, ("runlocal", "handwriting", "typeface"))
   if {"handwriting", "typeface"} <= args:
     raise ValueError("configs/demo.py: choose one of :handwriting and :typeface.")
@@ -37,9 +37,9 @@ def get_config(arg=None):
       c.eval.data_name = "moving_digits_typeface_apart_long"
     c.num_train_steps = 56000
     c.sample_every_steps = 28000
-    # The sampled noise a little narrowed at ar_step 3: FVD48 93.1 against 96.4 at 1, kept 0.55
-    # against 0.53; 0.75 keeps 0.61 but costs FVD48 (108.4: 4.2x the floor). Frame by frame
-    # (FVD48 does not score it) at half its scale: kept 0.71 of 128 frames against 0.55 at 1.
+    # The sampled noise a little narrowed at ar_step 3 (run TF16X2): FVD48 93.1 against 96.4 at 1,
+    # kept 0.55 against 0.53; 0.75 keeps 0.61 but costs FVD48 (108.4: 4.2x the floor). Frame by
+    # frame (FVD48 does not score it) at half its scale: kept 0.71 of 128 frames against 0.55 at 1.
     c.sampling.noise_temperature = 0.9
     c.sampling.frame_by_frame_noise_temperature = 0.5
     # Frame by frame: no history guidance, and the model's own frames fed at t = 300 as if not
