@@ -25,9 +25,10 @@ def get_config(arg=None):
     # digits in 0.20 of its frames (real 0.87): each frame redraws a digit's details, and on
     # 1500 shapes the redraws wander off the digit; with ten shapes TF16X2 keeps them in 0.53
     # over 48 frames at FVD48 3.75x the floor, where 28000 steps keep them in 0.30 (run TF16).
-    c.data.name = "moving_digits_typeface"
-    c.eval.data_name = "moving_digits_typeface_long"
-    if "typeface" not in args:
+    if "typeface" in args:
+      c.data.name = "moving_digits_typeface"
+      c.eval.data_name = "moving_digits_typeface_long"
+    else:
       # Run AP: the same clips with two digits bouncing off each other instead of crossing,
       # where a 4-frame window cannot follow a digit hidden behind another (docs/demo.md,
       # "Digits that bounce off each other"): FVD48 2.8x and 2.9x the floor for two seeds and
