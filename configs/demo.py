@@ -101,7 +101,7 @@ def _config():
   c.model.hidden_size = 128
   c.model.depth = 4
   c.model.num_heads = 4
-  # Ratio 2 on the apart digits (run M2A, one draw): figures within the default's three draws, a
+  # Ratio 2 on the apart digits (run M2A, one draw): figures close to the default's three draws, a
   # step 1.14 times as fast; with the 16-channel head as well it fades (M2HA; docs/demo.md).
   c.model.mlp_ratio = 4.0
   c.model.rope_axes = "frame_row_col"  # the patch's row and column in every attention score
