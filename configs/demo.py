@@ -79,7 +79,8 @@ def _config():
   # Each pixel's error weighed by 1 + 0.5 x its clean brightness, so that an unsure fit leans
   # bright rather than dim: FVD48 90.2, 106.9 and 76.1 for three seeds (3.2x, 3.8x and 2.7x the
   # floor) against 153.7 and 153.0 with the plain MSE (runs FG4, FG4S1, FG4S2 against B4, B4S1
-  # in docs/demo.md).
+  # in docs/demo.md). On the apart digits 0.6 fades as 0.5 over three draws (runs FW6, FW6S1,
+  # FW6S2).
   c.diffusion.foreground_weight = 0.5
   # A quarter of the clips have clean frames before FoPP's pivot (with axial RoPE: FVD48 541
   # against 695 without both, docs/demo.md runs P4 and P4b).
