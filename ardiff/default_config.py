@@ -30,10 +30,6 @@ def get_default_config() -> mc.ConfigDict:
   # corner that frame-by-frame rollouts sample from (timesteps.sample_train_timesteps). 0: the
   # paper's FoPP.
   c.fopp_clean_prefix_prob = 0.0
-  # FoPP only: the batch's pivots, pivot timesteps and clean-prefix choices drawn stratified
-  # across the batch (each clip's distribution unchanged, the batch covering the noise levels
-  # evenly: timesteps.sample_train_timesteps). False: the paper's independent draws.
-  c.fopp_stratified = False
   # Start training from the parameters of another run or export (a workdir: its latest
   # checkpoint's EMA parameters, else its export, e.g. one written by `python -m ardiff.convert`)
   # instead of random ones; the optimizer and EMA start afresh. None: from scratch.

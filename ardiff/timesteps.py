@@ -52,14 +52,6 @@ def _draw(key, log_w, lo, hi):
   return jnp.clip(drawn, lo, hi)  # guards r rounding up to the total
 
 
-def _stratified_uniform(key, n):
-  """n draws from U[0, 1), one in each n-th of it, in random order: each draw is uniform on its
-  own (a uniform stratum, then a uniform point in it), and together they cover [0, 1) evenly."""
-  k_order, k_point = jax.random.split(key)
-  stratum = jax.random.permutation(k_order, n)
-  return (stratum + jax.random.uniform(k_point, (n,))) / n
-
-
 def _sample_forward(key, log_s, first_free, t_init):
   """Fills frames f > first_free[b] forwards: P(t_f = u | t_{f-1}) ~ S[u, f] for u >= t_{f-1}.
 
@@ -100,7 +92,6 @@ def sample_train_timesteps(
     num_frames: int,
     num_timesteps: int,
     clean_prefix_prob: float = 0.0,
-    stratified: bool = False,
 ) -> jax.Array:
   """Per-frame training timesteps, int32 [batch_size, num_frames] in [0, num_timesteps).
 
@@ -118,18 +109,9 @@ def sample_train_timesteps(
   "finished frames, then one at high noise" -- every step of frame-by-frame generation, and the
   first frame after a video-prediction prefix -- is a corner it almost never trains on
   (docs/demo.md measures what that does to long rollouts). 0: the paper's FoPP.
-
-  stratified (FoPP only): the batch's pivots, pivot timesteps and clean-prefix choices are
-  stratified draws (`_stratified_uniform`) instead of independent ones. Each clip's sequence has
-  FoPP's distribution as before; the batch covers the frames, the noise levels and the
-  clean-prefix share evenly, so the loss of a small batch varies less from step to step
-  (Kingma et al.'s low-discrepancy timesteps, Variational Diffusion Models, 2021). False: the
-  paper's independent draws, bit for bit as before.
   """
   if clean_prefix_prob and kind != "fopp":
     raise ValueError(f"clean_prefix_prob={clean_prefix_prob} is for 'fopp', not {kind!r}.")
-  if stratified and kind != "fopp":
-    raise ValueError(f"stratified=True is for 'fopp', not {kind!r}.")
   shape = (batch_size, num_frames)
   if kind == "full_sequence":
     t = jax.random.randint(rng, (batch_size, 1), 0, num_timesteps, jnp.int32)
@@ -147,26 +129,11 @@ def sample_train_timesteps(
     return _sample_forward(rng, log_s, none_fixed, jnp.zeros(shape, jnp.int32))
 
   k_frame, k_t, k_back, k_fwd = jax.random.split(rng, 4)
-  if stratified:
-    def uniform_ints(key, maxval):
-      return jnp.minimum(
-          jnp.floor(_stratified_uniform(key, batch_size) * maxval).astype(jnp.int32), maxval - 1)
-    pivot = uniform_ints(k_frame, num_frames)
-    t_pivot = uniform_ints(k_t, num_timesteps)
-  else:
-    pivot = jax.random.randint(k_frame, (batch_size,), 0, num_frames, jnp.int32)
-    t_pivot = jax.random.randint(k_t, (batch_size,), 0, num_timesteps, jnp.int32)
+  pivot = jax.random.randint(k_frame, (batch_size,), 0, num_frames, jnp.int32)
+  t_pivot = jax.random.randint(k_t, (batch_size,), 0, num_timesteps, jnp.int32)
   upto_pivot = _sample_backward(k_back, log_e, pivot, t_pivot)
-  if clean_prefix_prob:
-    # rng folded with 1 is k_t (threefry's split(rng, n)[i] is rng folded with i): the plain
-    # draw keeps it, so that runs before this option reproduce (randint draws its bits from keys
-    # split off k_t, so the two do not correlate); the stratified one, which would repeat
-    # t_pivot's draw, takes a key of its own.
-    if stratified:
-      u = _stratified_uniform(jax.random.fold_in(rng, 4), batch_size)
-    else:
-      u = jax.random.uniform(jax.random.fold_in(rng, 1), (batch_size,))
-    clean = u < clean_prefix_prob
+  if clean_prefix_prob:  # a separate key: the draws of clean_prefix_prob = 0 stay as they were
+    clean = jax.random.uniform(jax.random.fold_in(rng, 1), (batch_size,)) < clean_prefix_prob
     before = jnp.arange(num_frames)[None, :] < pivot[:, None]
     upto_pivot = jnp.where(clean[:, None] & before, 0, upto_pivot)
   return _sample_forward(k_fwd, log_s, pivot, upto_pivot)

@@ -90,10 +90,6 @@ def check_config(config):
         f"config.fopp_clean_prefix_prob={config.fopp_clean_prefix_prob} needs"
         " train_timesteps='fopp' and a value in [0, 1]."
     )
-  if config.fopp_stratified and config.train_timesteps != "fopp":
-    raise ValueError(
-        f"config.fopp_stratified=True needs train_timesteps='fopp', not"
-        f" {config.train_timesteps!r}: set it False.")
 
 
 def train_step(config, model, tx, state, batch, rng):
@@ -109,7 +105,7 @@ def train_step(config, model, tx, state, batch, rng):
   # Per-frame timesteps (FoPP by default), drawn inside the compiled step.
   t = timesteps.sample_train_timesteps(
       k_t, config.train_timesteps, b, f, config.diffusion.num_timesteps,
-      config.fopp_clean_prefix_prob, stratified=config.fopp_stratified,
+      config.fopp_clean_prefix_prob,
   )
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = diffusion.q_sample(sched, x0, t, noise)

@@ -159,50 +159,6 @@ def test_fopp_clean_prefix_zero_is_the_papers_fopp():
     timesteps.sample_train_timesteps(jax.random.key(8), "autoregressive", 4, 4, 10, 0.5)
 
 
-def stratified_counts(num_frames, num_timesteps, batch, num_batches, clean_prefix_prob=0.0):
-  """Sequence counts pooled over num_batches stratified batches of `batch` clips each."""
-  draw = jax.jit(jax.vmap(lambda k: timesteps.sample_train_timesteps(
-      k, "fopp", batch, num_frames, num_timesteps, clean_prefix_prob, stratified=True)))
-  t = np.asarray(draw(jax.random.split(jax.random.key(11), num_batches))).reshape(-1, num_frames)
-  assert np.all(np.diff(t, axis=1) >= 0)
-  seqs, counts = np.unique(t, axis=0, return_counts=True)
-  return {tuple(int(v) for v in s): c for s, c in zip(seqs, counts)}
-
-
-@pytest.mark.parametrize("clean_prefix_prob", [0.0, 0.3])
-def test_stratified_fopp_keeps_each_clips_distribution(clean_prefix_prob):
-  # Batches of 4 (the demo's) with 3 frames: each clip's sequence is still FoPP's, pooled over
-  # 15000 batches; the clean-prefix share (0.3 of 4 clips: one or two a batch) as well.
-  num_frames, num_timesteps = 3, 5
-  observed = stratified_counts(num_frames, num_timesteps, 4, 15_000, clean_prefix_prob)
-  exact = exact_fopp_probabilities(num_frames, num_timesteps, clean_prefix_prob)
-  assert chi_square_pvalue(observed, exact, 60_000) > 1e-3
-  other = exact_fopp_probabilities(num_frames, num_timesteps, 0.3 - clean_prefix_prob)
-  assert chi_square_pvalue(observed, other, 60_000) < 1e-6
-
-
-def test_stratified_fopp_covers_the_batch_evenly():
-  draw = jax.jit(jax.vmap(
-      lambda k, b, f, t: timesteps.sample_train_timesteps(k, "fopp", b, f, t, stratified=True),
-      in_axes=(0, None, None, None)), static_argnums=(1, 2, 3))
-  keys = jax.random.split(jax.random.key(12), 2000)
-  # One frame: t is the pivot's timestep, one in each quarter of [0, 1000) per batch of 4.
-  t = np.asarray(draw(keys, 4, 1, 1000))[..., 0]
-  np.testing.assert_array_equal(np.sort(t // 250, axis=1), np.tile(np.arange(4), (2000, 1)))
-  # The batch mean varies far less than with independent draws (by 1/16 for uniform strata).
-  plain = np.asarray(jax.vmap(lambda k: timesteps.sample_train_timesteps(
-      k, "fopp", 4, 1, 1000))(keys))[..., 0]
-  assert np.var(t.mean(axis=1)) < 0.1 * np.var(plain.mean(axis=1))
-  # The draws underneath (pivot frames, pivot timesteps, clean prefixes): one in each eighth of
-  # [0, 1) per batch of 8, each uniform.
-  u = np.asarray(jax.vmap(lambda k: timesteps._stratified_uniform(k, 8))(keys))
-  np.testing.assert_array_equal(np.sort(np.floor(u * 8), axis=1), np.tile(np.arange(8), (2000, 1)))
-  assert stats.kstest(u.ravel(), "uniform").pvalue > 1e-3
-  with pytest.raises(ValueError, match="stratified=True is for 'fopp'"):
-    timesteps.sample_train_timesteps(jax.random.key(0), "diffusion_forcing", 4, 4, 10,
-                                     stratified=True)
-
-
 def test_fopp_jit_large_batch_and_long_clips():
   sample = jax.jit(timesteps.sample_train_timesteps, static_argnums=(1, 2, 3, 4))
   t = np.asarray(sample(jax.random.key(5), "fopp", 4096, 16, 1000))

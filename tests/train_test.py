@@ -250,10 +250,6 @@ def test_config_errors_say_what_to_change(make_config):
   with pytest.raises(ValueError, match="fopp_clean_prefix_prob=0.25 needs train_timesteps='fopp'"):
     train.check_config(c)
   c = make_config()
-  c.fopp_stratified, c.train_timesteps = True, "autoregressive"
-  with pytest.raises(ValueError, match="fopp_stratified=True needs train_timesteps='fopp'"):
-    train.check_config(c)
-  c = make_config()
   c.diffusion.foreground_weight = -0.5
   with pytest.raises(ValueError, match=r"foreground_weight=-0.5: use 0"):
     train.check_config(c)
