@@ -133,6 +133,10 @@ def sample_train_timesteps(
   t_pivot = jax.random.randint(k_t, (batch_size,), 0, num_timesteps, jnp.int32)
   upto_pivot = _sample_backward(k_back, log_e, pivot, t_pivot)
   if clean_prefix_prob:  # a separate key: the draws of clean_prefix_prob = 0 stay as they were
+    # rng folded with 1 is k_t (partitionable threefry, the default: split(rng, n)[i] is rng
+    # folded with i); the uniform draws other bits than randint, which splits its key first, so
+    # clean and t_pivot do not correlate, but a draw made like t_pivot's would repeat it
+    # (docs/demo.md, runs D3ST1 and D3ST2).
     clean = jax.random.uniform(jax.random.fold_in(rng, 1), (batch_size,)) < clean_prefix_prob
     before = jnp.arange(num_frames)[None, :] < pivot[:, None]
     upto_pivot = jnp.where(clean[:, None] & before, 0, upto_pivot)

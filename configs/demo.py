@@ -102,7 +102,8 @@ def _config():
   c.model.hidden_size = 128
   # Depth 3 on the apart digits (runs D3, D3S1, D3S2): a step 1.13-1.19 times as fast, 23.4
   # minutes alone, FVD48 2.6-2.9x, but digits legible in 0.82-0.84 of 48 frames against 0.85-0.87
-  # and 28 of 128 videos fading on one of three draws (10-19 at 4; docs/demo.md).
+  # and 28 of 128 videos fading on one of three draws (10-19 at 4; docs/demo.md); for 60000
+  # steps (D3L, 27.3 minutes at a slower moment of the VM) legible in 0.81.
   c.model.depth = 4
   c.model.num_heads = 4
   # Ratio 2 on the apart digits (runs M2A, M2AT, M2AS1): a step 1.14 times as fast, but digits
