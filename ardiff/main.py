@@ -26,7 +26,6 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from ardiff import cpu_lowering
 from ardiff import extract_latents
 from ardiff import generate
 from ardiff import train
@@ -158,7 +157,6 @@ def main(argv):
     # gloo (jax_cpu_collectives_implementation's default).
     jax.distributed.initialize(**settings)
   logging.info("JAX process %d / %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-  cpu_lowering.unroll_threefry()  # before anything compiles; CPUs only, the same random bits
   config = _CONFIG.value
   if config.trainer not in ("diffusion", "autoencoder"):
     raise app.UsageError(f"config.trainer={config.trainer!r}: diffusion or autoencoder.")

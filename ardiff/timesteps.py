@@ -66,9 +66,7 @@ def _sample_forward(key, log_s, first_free, t_init):
     t_f = jnp.where(f > first_free, drawn, t_init[:, f])
     return t_f, t_f
 
-  # Unrolled: a few frames, and on CPU a loop runs apart from the rest of the step (cpu_lowering).
-  _, ts = jax.lax.scan(step, jnp.zeros_like(first_free), jnp.arange(num_frames),
-                       unroll=True)
+  _, ts = jax.lax.scan(step, jnp.zeros_like(first_free), jnp.arange(num_frames))
   return ts.T  # [B, F]
 
 
@@ -83,7 +81,7 @@ def _sample_backward(key, log_e, pivot, t_pivot):
     t_f = jnp.where(f == pivot, t_pivot, jnp.where(f < pivot, drawn, 0))
     return jnp.where(f <= pivot, t_f, nxt), t_f
 
-  _, ts = jax.lax.scan(step, t_pivot, jnp.arange(num_frames - 1, -1, -1), unroll=True)
+  _, ts = jax.lax.scan(step, t_pivot, jnp.arange(num_frames - 1, -1, -1))
   return ts[::-1].T  # [B, F]
 
 

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff import cpu_lowering
 from ardiff import sharding
 from ardiff import train
 from ardiff import train_state
@@ -91,7 +90,6 @@ def time_config(name, config):
 
 def main(argv):
   del argv
-  cpu_lowering.unroll_threefry()  # the step as ardiff.main compiles it
   # "demo": the 16-frame demo model that BENCHMARKS.md measured (configs/demo.py's earlier
   # settings), so that its rows stay reproducible.
   builders = {"tiny": tiny.get_config, "demo": demo.get_16_frame_config, "paper": paper_config,
