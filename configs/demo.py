@@ -1,11 +1,11 @@
 """The embedded demo: moving digits (built from scikit-learn's digits, Moving MNIST's proportions,
 each class drawn with one shape, two digits bouncing off each other) as white digits on 16x16
-frames, a small causal DiT over 4x4-pixel patches with pixel convolutions around it, trained with
-FoPP on 4-frame clips and a loss weighed towards bright pixels, for 56000 steps (run AP's recipe;
-README for its time; `:runlocal`: a minute). `:typeface` is the same recipe on digits that cross
-(run TF16X2, the demo before), `:handwriting` on the handwritten digits for half the steps (run
-FG4, the one before it). The 32x32 recipe before them (run CV, an hour) is `get_32_pixel_config()`.
-docs/demo.md measures every choice here.
+frames, a causal DiT of three layers over 4x4-pixel patches with pixel convolutions around it,
+trained with FoPP on 4-frame clips and a loss weighed towards bright pixels, for 56000 steps (run
+D3's recipe, run AP's with a layer fewer; README for its time; `:runlocal`: a minute). `:typeface`
+is AP's four layers on digits that cross (run TF16X2, the demo before AP), `:handwriting` on the
+handwritten digits for half the steps (run FG4, the one before it). The 32x32 recipe before them
+(run CV, an hour) is `get_32_pixel_config()`. docs/demo.md measures every choice here.
 """
 
 from ardiff import default_config
@@ -36,6 +36,13 @@ def get_config(arg=None):
       # 0.50-0.60 for four draws on crossing digits.
       c.data.name = "moving_digits_typeface_apart"
       c.eval.data_name = "moving_digits_typeface_apart_long"
+      # Three layers instead of four (run D3, docs/demo.md "Three layers as the demo"): inside the
+      # half hour on this project's 2-core VM at the moments measured (README), where four took
+      # 30.8-36.3 minutes. Over three draws each, four: FVD48 2.4-2.9x the floor, digits legible
+      # in 0.85-0.87 of 48 frames, 10-19 of 128 videos fading; three: 2.6-2.9x, 0.82-0.84, 8, 13
+      # and 28.
+      # `--config.model.depth=4` trains run AP's recipe (scan_unroll 4 covers both).
+      c.model.depth = 3
     c.num_train_steps = 56000
     c.sample_every_steps = 28000
     # The sampled noise a little narrowed at ar_step 3 (run TF16X2): FVD48 93.1 against 96.4 at 1,
@@ -100,10 +107,8 @@ def _config():
   c.data.patch_size = 4
 
   c.model.hidden_size = 128
-  # Depth 3 on the apart digits (runs D3, D3S1, D3S2): a step 1.13-1.19 times as fast, 23.4
-  # minutes alone, FVD48 2.6-2.9x, but digits legible in 0.82-0.84 of 48 frames against 0.85-0.87
-  # and 28 of 128 videos fading on one of three draws (10-19 at 4; docs/demo.md); for 60000
-  # steps (D3L, 27.3 minutes at a slower moment of the VM) legible in 0.81.
+  # Four layers here; the default (apart digits) sets three, above. For 60000 steps three layers
+  # score as at 56000 (run D3L, 27.3 minutes at a slower moment of the VM: legible in 0.81).
   c.model.depth = 4
   c.model.num_heads = 4
   # Ratio 2 on the apart digits (runs M2A, M2AT, M2AS1): a step 1.14 times as fast, but digits
@@ -115,7 +120,7 @@ def _config():
   # against 359 without, for a fifth more time per step.
   c.model.conv_stem_channels = 16
   c.model.conv_head_channels = 32
-  # No loop over the 4 layers: 5 % more train steps per second on CPUs (BENCHMARKS.md).
+  # No loop over the 3 or 4 layers: 5 % more train steps per second on CPUs (BENCHMARKS.md).
   c.model.scan_unroll = 4
 
   c.sampling.num_steps = 25

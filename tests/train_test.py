@@ -184,12 +184,16 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path, tfds_dir, make_confi
 
 
 def test_demo_config_runs_on_its_real_datasets(tmp_path, tfds_dir):
-  # The default is run AP's recipe, `:typeface` run TF16X2's (the same on crossing digits) and
-  # `:handwriting` FG4's, the same model and training on moving_digits_large for half the steps.
+  # The default is run D3's recipe (run AP's with three layers), `:typeface` run TF16X2's (AP's
+  # on crossing digits) and `:handwriting` FG4's, the same model and training on
+  # moving_digits_large for half the steps.
   flat = lambda arg=None: traverse_util.flatten_dict(demo.get_config(arg).to_dict(), sep=".")
   default, typeface, handwriting = flat(), flat("typeface"), flat("handwriting")
-  assert {k for k in default if default[k] != typeface[k]} == {"data.name", "eval.data_name"}
+  assert {k for k in default if default[k] != typeface[k]} == {
+      "data.name", "eval.data_name", "model.depth"}
   assert default["data.name"] == "moving_digits_typeface_apart"
+  assert (default["model.depth"], typeface["model.depth"]) == (3, 4)
+  assert default["model.scan_unroll"] >= 4  # no loop over the layers at three or four
   assert {k for k in typeface if typeface[k] != handwriting[k]} == {
       "data.name", "eval.data_name", "num_train_steps", "sample_every_steps",
       "sampling.noise_temperature", "sampling.frame_by_frame_noise_temperature",
