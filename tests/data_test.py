@@ -254,30 +254,6 @@ def test_moving_digits_typeface_apart_keeps_two_digits_from_crossing(data_dir):
   assert [r["label"] for r in clips[:4]] == [r["label"] for r in clips[4:]]
 
 
-def test_moving_digits_typeface_pairs_draws_two_digits_in_every_clip():
-  """moving_digits_typeface_pairs: the apart clips with a second digit where they hold one. Every
-  clip has both digits in every frame (drawn apart in two colours); a clip of two is the apart
-  clip, pixel for pixel."""
-  assert datasets.BUILDERS["moving_digits_typeface_pairs"].NUM_DIGITS == 2
-  assert datasets.BUILDERS["moving_digits_typeface_pairs_long"].NUM_DIGITS == 2
-  assert datasets.BUILDERS["moving_digits_typeface_pairs_long"].NUM_FRAMES == 128
-  glyphs, labels = moving_digits.load_glyphs(moving_digits.LARGE_GLYPH, typeface=True)
-  added = 0
-  for i in range(40):
-    def draw(palette=None, num_digits=2, i=i):
-      return moving_digits.render_clip(np.random.default_rng([0, 0, i]), glyphs, labels,
-                                       np.arange(100), 32, palette, True, num_digits)
-    first, second = draw(((1, 0, 0), (0, 0, 0)))[0][..., 0], draw(((0, 0, 0), (0, 0, 1)))[0]
-    assert (first > 50).any((1, 2)).all() and (second[..., 2] > 50).any((1, 2)).all(), i
-    apart = draw(num_digits=0)
-    if (draw(((0, 0, 0), (0, 0, 1)), num_digits=0)[0] > 0).any():  # two digits there too
-      np.testing.assert_array_equal(draw()[0], apart[0])
-      assert draw()[1] == apart[1]
-    else:
-      added += 1
-  assert 10 < added < 30, added  # about half the apart clips hold one digit
-
-
 def test_moving_digits_clips_are_unchanged():
   """The clips docs/results.md and the demo measured: a sha256 of one, as rendered before digit
   sizes became a parameter (a change in PIL's bicubic resampling would also show here, and would

